@@ -1,0 +1,333 @@
+"""The ``celltally`` command line: count, train, evaluate, models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import tifffile
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from celltally.data.datasets import FORMATS, load_dataset, resolve_data
+from celltally.data.images import find_images
+from celltally.data.points import atomic_write, write_points_csv
+from celltally.data.splits import fixed_test_split, protocol_split
+from celltally.errors import InputError
+from celltally.metrics import DETECTION_RADIUS, count_metrics, detection_metrics
+from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
+from celltally.models.io import resolve_model, versions
+from celltally.predict import ImageResult, count_file
+from celltally.train import TrainConfig
+from celltally.train import train as run_training
+from celltally.viz import save_overlay
+
+app = typer.Typer(
+    help="Count and locate cells in microscopy images.", no_args_is_help=True, add_completion=False
+)
+console = Console()
+errors = Console(stderr=True, highlight=False)
+
+ModelOption = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Bundled model name, checkpoint folder or training run."),
+]
+
+
+def fail(message: str) -> None:
+    errors.print(f"[red]error:[/] {message}", soft_wrap=True)
+
+
+@app.command()
+def count(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    model: ModelOption = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "celltally-out"
+    ),
+    overlays: Annotated[bool, typer.Option(help="Write overlay PNGs.")] = True,
+) -> None:
+    """Count cells per image: counts.csv, points/, density/, overlays/ and run.json in OUT."""
+    try:
+        files = find_images(paths)
+        if not files:
+            raise InputError(" ".join(paths), "no images found (PNG, JPEG, TIFF or BMP)")
+        counter = load_model(model)
+    except InputError as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    rows, failed = [], 0
+    names: set[str] = set()
+    for path in files:
+        try:
+            results = count_file(counter, path)
+        except InputError as error:
+            fail(str(error))
+            failed += 1
+            continue
+        for result in results:
+            result.name = _unique(result.name, names)
+            _write_outputs(out, result, overlays)
+            rows.append(
+                {
+                    "image": str(result.source)
+                    if result.name == result.source.stem
+                    else f"{result.source}#{result.name}",
+                    "count": round(result.count, 3),
+                    "n_points": len(result.points),
+                    "model": model,
+                }
+            )
+    table = pd.DataFrame(rows, columns=["image", "count", "n_points", "model"])
+    atomic_write(out / "counts.csv", lambda tmp: table.to_csv(tmp, index=False))
+    record = {
+        "command": "count",
+        "argv": sys.argv[1:],
+        "model": model,
+        "model_hash": model_hash(model),
+        "model_path": str(resolve_model(model)),
+        "model_config": counter.config.to_dict(),
+        "images": len(rows),
+        "failed": failed,
+        "versions": versions(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    _print_counts(table, out)
+    if failed:
+        fail(f"{failed} of {len(files)} file(s) could not be counted; the others were")
+        raise typer.Exit(1)
+
+
+def _write_outputs(out: Path, result: ImageResult, overlays: bool) -> None:
+    write_points_csv(out / "points" / f"{result.name}.csv", result.points)
+    atomic_write(
+        out / "density" / f"{result.name}.tif",
+        lambda tmp: tifffile.imwrite(tmp, result.density.astype(np.float32)),
+    )
+    if overlays:
+        save_overlay(
+            out / "overlays" / f"{result.name}.png", result.image, result.points, result.count
+        )
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, k = name, 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def _print_counts(table: pd.DataFrame, out: Path) -> None:
+    view = Table(title=f"cell counts (written to {out})")
+    for column in ("image", "count", "n_points"):
+        view.add_column(column, justify="left" if column == "image" else "right")
+    for row in table.itertuples():
+        view.add_row(row.image, f"{row.count:.1f}", str(row.n_points))
+    if len(table) > 1:
+        view.add_section()
+        view.add_row(
+            f"{len(table)} images", f"{table['count'].sum():.1f}", str(table["n_points"].sum())
+        )
+    console.print(view)
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="Data folder, or the name of a set in the data path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed if it exists).")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train.")] = "fcrn_a",
+    n_train: Annotated[int, typer.Option(help="Training images drawn from the pool.")] = 32,
+    n_val: Annotated[int, typer.Option(help="Validation images drawn from the pool.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds the split, sampling and initialisation.")] = 0,
+    config: Annotated[Path | None, typer.Option(help="JSON file of training settings.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A setting, e.g. --set epochs=20.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch.")] = None,
+) -> None:
+    """Train a model on dot-annotated images (N training + N validation images, seeded)."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings = _settings(config, set_ or [], arch=model, seed=seed)
+        root, fmt = resolve_data(data, fmt)
+        samples = load_dataset(root, fmt)
+        split = protocol_split(samples, fmt, n_train, n_val, seed)
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    provenance = {
+        "data": str(root.resolve()),
+        "format": fmt,
+        "protocol": "lempitsky" if fmt == "vgg_cells" else "random",
+        "seed": seed,
+        "split": {"train": [s.name for s in split.train], "val": [s.name for s in split.val]},
+    }
+    console.print(
+        f"training {model} on {len(split.train)} images, validating on {len(split.val)} ({root})"
+    )
+    try:
+        trained = run_training(settings, split.train, split.val, out, provenance)
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    info = trained.config.training
+    console.print(
+        f"best validation MAE {info['best_val_mae']:.2f} after {info['epochs_run']} epochs"
+        f" ({info['train_time_s']:.0f} s); model in {out / 'model'}"
+    )
+
+
+def _settings(config: Path | None, assignments: list[str], **given) -> TrainConfig:
+    values = json.loads(config.read_text()) if config else {}
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or key not in types:
+            raise ValueError(
+                f"--set {assignment!r}: expected NAME=VALUE with NAME one of {sorted(types)}"
+            )
+        values[key] = json.loads(text) if text not in ("sgd", "adam") else text
+    return TrainConfig.from_dict({**values, **given})
+
+
+@app.command()
+def evaluate(
+    data: Annotated[str, typer.Option(help="Data folder, or the name of a set in the data path.")],
+    model: ModelOption = DEFAULT_MODEL,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
+    ] = None,
+    subset: Annotated[
+        str, typer.Option(help="'test' (fixed test set, or images the model never saw) or 'all'.")
+    ] = "test",
+    radius: Annotated[
+        float, typer.Option(help="Detection match radius in pixels.")
+    ] = DETECTION_RADIUS,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")
+    ] = None,
+) -> None:
+    """Count MAE, RMSE, relative error and detection precision / recall / F1 on annotated images."""
+    try:
+        counter = load_model(model)
+        root, fmt = resolve_data(data, fmt)
+        samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
+        rows, found, truth = [], [], []
+        for sample in samples:
+            image, points = sample.load()
+            density = counter.predict_map(image, source=str(sample.image_path))
+            found.append(counter.peaks(density))
+            truth.append(points)
+            rows.append(
+                {
+                    "image": sample.name,
+                    "true": len(points),
+                    "count": counter.count_from_map(density),
+                    "n_points": len(found[-1]),
+                }
+            )
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    table = pd.DataFrame(rows)
+    result = {
+        "model": model,
+        "model_hash": model_hash(model),
+        "data": str(root),
+        "format": fmt,
+        "subset": subset,
+        "n_images": len(rows),
+        "count": count_metrics(table["true"], table["count"]),
+        "detection": detection_metrics(found, truth, radius),
+        "images": rows,
+        "versions": versions(),
+    }
+    _print_evaluation(result)
+    if out:
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+
+
+def _evaluation_set(samples, fmt: str, subset: str, training: dict) -> list:
+    if subset == "all":
+        return samples
+    if subset != "test":
+        raise ValueError(f"--subset must be 'test' or 'all', not '{subset}'")
+    _, test = fixed_test_split(samples, fmt)
+    if test:
+        return test
+    seen = set(training.get("split", {}).get("train", [])) | set(
+        training.get("split", {}).get("val", [])
+    )
+    unseen = [s for s in samples if s.name not in seen]
+    if not unseen:
+        raise ValueError("the model was trained or validated on every image here; use --subset all")
+    return unseen
+
+
+def _print_evaluation(result: dict) -> None:
+    view = Table(
+        title=f"{result['model']} on {result['n_images']} images"
+        f" ({result['data']}, {result['subset']})"
+    )
+    for column in ("MAE", "RMSE", "rel. error", "precision", "recall", "F1"):
+        view.add_column(column, justify="right")
+    c, d = result["count"], result["detection"]
+    view.add_row(
+        f"{c['mae']:.2f}",
+        f"{c['rmse']:.2f}",
+        f"{100 * c['mre']:.1f}%",
+        f"{d['precision']:.3f}",
+        f"{d['recall']:.3f}",
+        f"{d['f1']:.3f}",
+    )
+    console.print(view)
+    console.print(f"detection: one-to-one matches within {d['radius']:g} px")
+
+
+@app.command()
+def models() -> None:
+    """List the architectures in the registry and the bundled models."""
+    from celltally.models import create_model
+
+    view = Table(title="architectures")
+    view.add_column("name")
+    view.add_column("parameters (1 / 3 input channels)", justify="right")
+    for name in list_models():
+        sizes = [
+            sum(p.numel() for p in create_model(name, in_channels=c).parameters()) for c in (1, 3)
+        ]
+        view.add_row(name, f"{sizes[0]:,} / {sizes[1]:,}")
+    console.print(view)
+    view = Table(title="bundled models")
+    for column in ("name", "architecture", "trained on", "test MAE", "path"):
+        view.add_column(column)
+    for name, path in bundled_models().items():
+        config = json.loads((path / "config.json").read_text())["config"]
+        info = config.get("training", {})
+        view.add_row(
+            name + (" (default)" if name == DEFAULT_MODEL else ""),
+            config["arch"],
+            f"{info.get('format', '?')} {info.get('train_pool', '')}".strip(),
+            str(info.get("test_mae", "?")),
+            str(path),
+        )
+    console.print(view)
+
+
+if __name__ == "__main__":
+    app()

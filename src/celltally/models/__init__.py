@@ -1,0 +1,27 @@
+"""Counting models: one file per method, a registry, and checkpoint loading."""
+
+from celltally.models import fcrn  # noqa: F401  (registers fcrn_a, fcrn_b)
+from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.io import (
+    DEFAULT_MODEL,
+    bundled_models,
+    load_model,
+    model_hash,
+    resolve_model,
+    save_model,
+)
+from celltally.models.registry import create_model, list_models, register_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CountingModel",
+    "ModelConfig",
+    "bundled_models",
+    "create_model",
+    "list_models",
+    "load_model",
+    "model_hash",
+    "register_model",
+    "resolve_model",
+    "save_model",
+]

@@ -1,0 +1,169 @@
+"""What every counting model shares: its config, input normalisation, padding, and readout.
+
+A model maps a normalised image to a map whose sum, divided by ``count_divisor``, is the count.
+``count``, ``points`` and ``predict_map`` take raw images (any dtype, ``(H, W)`` or ``(H, W, C)``)
+and apply the training normalisation themselves: each image is standardised by its own mean and
+standard deviation over all pixels and channels, as the training patches were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.feature import peak_local_max
+from torch import nn
+
+from celltally.data.images import as_image, to_channels
+from celltally.errors import InputError
+from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model and read its output. Saved as ``config.json``.
+
+    Attributes:
+        arch: registry name of the architecture (``fcrn_a``, ``fcrn_b``).
+        in_channels: 1 (images are averaged over colour; fluorescence) or 3 (RGB; histology).
+        batch_norm: add BatchNorm after each convolution (not in the FCRN paper; off by default).
+        sigma: width in pixels of the Gaussian per dot in the training target.
+        scale: the target is ``scale`` x the density; the count is the map's sum / ``scale``.
+        peak_threshold: smallest map value of a detected centre; chosen on validation data.
+        min_distance: smallest distance in pixels between two detected centres.
+        tile_size: images larger than this (plus margins) are processed in tiles of this size.
+        training: provenance written by ``celltally train`` (data, split, settings, versions).
+    """
+
+    arch: str
+    in_channels: int = 1
+    batch_norm: bool = False
+    sigma: float = DEFAULT_SIGMA
+    scale: float = DEFAULT_SCALE
+    peak_threshold: float = 0.5
+    min_distance: int = 3
+    tile_size: int = 512
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.sigma <= 0 or self.scale <= 0:
+            raise ValueError(f"sigma and scale must be positive, got {self.sigma}, {self.scale}")
+        if self.min_distance < 1:
+            raise ValueError(f"min_distance must be at least 1 pixel, got {self.min_distance}")
+        if self.tile_size < 64:
+            raise ValueError(f"tile_size must be at least 64 pixels, got {self.tile_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"unknown model config keys {sorted(unknown)}; valid keys are {sorted(known)}"
+            )
+        return cls(**values)
+
+
+class CountingModel(nn.Module):
+    """Base class: subclasses define the network in ``forward`` and the class attributes."""
+
+    stride: ClassVar[int]  # input sides must be multiples of this; inputs are padded to it
+    tile_margin: ClassVar[int]  # context around a tile that makes tiled == whole-image output
+    min_size: ClassVar[int]  # the smallest image side the model accepts
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    @property
+    def count_divisor(self) -> float:
+        """What the map's sum is divided by to give the count."""
+        return self.config.scale
+
+    # ---- raw images in, counts and centres out -------------------------------------------
+    def count(self, image: np.ndarray) -> float:
+        """The number of cells in ``image``."""
+        return self.count_from_map(self.predict_map(image))
+
+    def points(self, image: np.ndarray) -> np.ndarray:
+        """Cell centres ``(N, 2)`` (y, x) in ``image``: local maxima of the predicted map."""
+        return self.peaks(self.predict_map(image))
+
+    def count_from_map(self, density: np.ndarray) -> float:
+        return float(density.sum(dtype=np.float64) / self.count_divisor)
+
+    def peaks(self, density: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Local maxima at least ``min_distance`` apart and above the threshold."""
+        threshold = self.config.peak_threshold if threshold is None else threshold
+        found = peak_local_max(
+            density,
+            min_distance=self.config.min_distance,
+            threshold_abs=threshold,
+            exclude_border=False,
+        )
+        return found.astype(np.float64)
+
+    @torch.no_grad()
+    def predict_map(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
+        """The predicted map (density for FCRNs) at the image's resolution, tiled if large."""
+        from celltally.predict import predict_tiled  # predict builds on this module
+
+        tensor = self.prepare(image, source)
+        was_training = self.training
+        self.eval()
+        try:
+            return predict_tiled(self, tensor, self.config.tile_size, self.tile_margin)
+        finally:
+            self.train(was_training)
+
+    def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
+        """Raw image -> normalised ``(C, H, W)`` float tensor on the model's device."""
+        image = to_channels(as_image(image, source), self.config.in_channels)
+        height, width = image.shape[:2]
+        if min(height, width) < self.min_size:
+            raise InputError(
+                source,
+                f"image of {height}x{width} pixels is smaller than the"
+                f" {self.min_size}x{self.min_size}"
+                f" minimum of {self.config.arch}",
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return normalise(tensor).to(self.device)
+
+    # ---- network plumbing -----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward_padded(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the network on ``(B, C, H, W)`` of any size: zero-pad to the stride, crop back."""
+        height, width = batch.shape[-2:]
+        pad_h, pad_w = -height % self.stride, -width % self.stride
+        output = self(F.pad(batch, (0, pad_w, 0, pad_h)))
+        return output[..., : output.shape[-2] - pad_h, : output.shape[-1] - pad_w]
+
+    def init_weights(self) -> None:
+        """Orthogonal initialisation (Saxe et al. 2014), as in the FCRN paper; zero biases."""
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+        for index, module in enumerate(convs):
+            is_last = index == len(convs) - 1
+            nn.init.orthogonal_(
+                module.weight, gain=1.0 if is_last else nn.init.calculate_gain("relu")
+            )
+            nn.init.zeros_(module.bias)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """Standardise each image (``(C, H, W)`` or ``(B, C, H, W)``) by its own mean and std."""
+    dims = tuple(range(images.ndim - 3, images.ndim))
+    mean = images.mean(dim=dims, keepdim=True)
+    std = images.std(dim=dims, keepdim=True)
+    return (images - mean) / std.clamp_min(1e-6)

@@ -1,0 +1,97 @@
+"""Checkpoints: a folder with ``config.json`` (architecture + readout + provenance) and
+``model.safetensors``. ``load_model`` rebuilds a model from such a folder, from a training run
+folder (its ``model/`` holds the best checkpoint), or from the name of a bundled model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from celltally.errors import InputError
+from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.registry import model_class
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_MODEL = "fcrn_a_vgg_cells"
+
+
+def versions() -> dict[str, str]:
+    from celltally import __version__
+
+    return {
+        "celltally": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_model(model: CountingModel, folder: str | Path) -> Path:
+    """Write ``model`` to ``folder`` atomically (a temporary folder renamed into place)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, staging / WEIGHTS_FILE)
+    record = {"config": model.config.to_dict(), "versions": versions()}
+    (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old)
+    else:
+        staging.rename(folder)
+    return folder
+
+
+def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> CountingModel:
+    """Load a checkpoint folder, a training run folder or a bundled model by name."""
+    folder = resolve_model(path_or_name)
+    record = json.loads((folder / CONFIG_FILE).read_text())
+    config = ModelConfig.from_dict(record["config"])
+    model = model_class(config.arch)(config)
+    model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    return model.to(device).eval()
+
+
+def resolve_model(path_or_name: str | Path) -> Path:
+    """The checkpoint folder behind a path or a bundled model's name."""
+    path = Path(path_or_name)
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
+            return candidate
+    bundled = bundled_models()
+    if str(path_or_name) in bundled:
+        return bundled[str(path_or_name)]
+    raise InputError(
+        path_or_name,
+        f"not a model: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}, a training run"
+        f" folder, or a bundled model ({', '.join(bundled) or 'none installed'})",
+    )
+
+
+def bundled_models() -> dict[str, Path]:
+    """Models shipped inside the package, by name."""
+    root = Path(str(resources.files("celltally") / "weights"))
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def model_hash(path_or_name: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights file: which exact model produced a result."""
+    digest = hashlib.sha256((resolve_model(path_or_name) / WEIGHTS_FILE).read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,34 @@
+"""The model registry: ``create_model("fcrn_a")`` builds a fresh, initialised model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celltally.models.base import CountingModel, ModelConfig
+
+_ARCHITECTURES: dict[str, type[CountingModel]] = {}
+
+
+def register_model(name: str):
+    """Class decorator adding an architecture to the registry under ``name``."""
+
+    def add(cls: type[CountingModel]) -> type[CountingModel]:
+        _ARCHITECTURES[name] = cls
+        return cls
+
+    return add
+
+
+def list_models() -> list[str]:
+    return sorted(_ARCHITECTURES)
+
+
+def create_model(name: str, **config: Any) -> CountingModel:
+    """Build architecture ``name`` with ``config`` (fields of ``ModelConfig``) as overrides."""
+    if name not in _ARCHITECTURES:
+        raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return _ARCHITECTURES[name](ModelConfig(arch=name, **config))
+
+
+def model_class(name: str) -> type[CountingModel]:
+    return _ARCHITECTURES[name]

@@ -1,0 +1,102 @@
+"""Running a model over whole images: tiles with context for large images, and the choice of
+the peak threshold that turns a density map into cell centres."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from celltally.data.images import read_pages
+from celltally.metrics import match_points
+
+if TYPE_CHECKING:
+    from celltally.models.base import CountingModel
+
+
+def predict_tiled(
+    model: CountingModel, image: torch.Tensor, tile_size: int, margin: int
+) -> np.ndarray:
+    """Predict the map of a normalised ``(C, H, W)`` image in tiles, in bounded memory.
+
+    Each tile's core is predicted from a window with ``margin`` pixels of context on every side
+    and only the core is kept. Cores and windows start on multiples of the model's stride, so the
+    network pools over the same pixel grid as in a whole-image pass; with a margin wider than
+    the network's reach, every kept pixel equals the whole-image prediction.
+    """
+    stride = model.stride
+    tile = max(stride, tile_size // stride * stride)
+    margin = -(-margin // stride) * stride
+    height, width = image.shape[-2:]
+    if height <= tile + 2 * margin and width <= tile + 2 * margin:
+        return _run(model, image)
+    output = np.empty((height, width), dtype=np.float32)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            y0, x0 = max(top - margin, 0), max(left - margin, 0)
+            window = image[:, y0 : min(bottom + margin, height), x0 : min(right + margin, width)]
+            prediction = _run(model, window)
+            output[top:bottom, left:right] = prediction[
+                top - y0 : bottom - y0, left - x0 : right - x0
+            ]
+    return output
+
+
+def _run(model: CountingModel, image: torch.Tensor) -> np.ndarray:
+    return model.forward_padded(image[None])[0, 0].cpu().numpy()
+
+
+def choose_peak_threshold(
+    model: CountingModel,
+    maps: list[np.ndarray],
+    true_points: list[np.ndarray],
+    radius: float,
+) -> float:
+    """The peak threshold with the best detection F1 over validation images.
+
+    Candidates are quantiles of the local-maximum values found with no threshold.
+    """
+    candidates = np.concatenate([m[tuple(model.peaks(m, 0.0).astype(int).T)] for m in maps])
+    if candidates.size == 0:
+        return model.config.peak_threshold
+    best_f1, best = -1.0, model.config.peak_threshold
+    for threshold in np.unique(np.quantile(candidates, np.linspace(0.0, 0.95, 40))):
+        tp = n_pred = n_true = 0
+        for density, truth in zip(maps, true_points, strict=True):
+            found = model.peaks(density, float(threshold))
+            tp += match_points(found, truth, radius)
+            n_pred, n_true = n_pred + len(found), n_true + len(truth)
+        f1 = 2 * tp / max(n_pred + n_true, 1)
+        if f1 > best_f1:
+            best_f1, best = f1, float(threshold)
+    return best
+
+
+@dataclass
+class ImageResult:
+    """What counting one image (or one page of a multi-page TIFF) gives."""
+
+    name: str
+    source: Path
+    image: np.ndarray
+    density: np.ndarray
+    count: float
+    points: np.ndarray
+
+
+def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
+    """Count every page of an image file. Raises ``InputError`` naming the file if it is bad."""
+    pages = read_pages(path)
+    results = []
+    for index, image in enumerate(pages):
+        name = path.stem if len(pages) == 1 else f"{path.stem}_p{index:03d}"
+        density = model.predict_map(image, source=str(path))
+        points = model.peaks(density)
+        results.append(
+            ImageResult(name, path, image, density, model.count_from_map(density), points)
+        )
+    return results

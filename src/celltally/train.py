@@ -1,0 +1,303 @@
+"""Training a density model: random patches, then whole images, with checkpoints that resume.
+
+The recipe follows Xie et al. (2016): random 100x100 patches, each normalised by its own mean and
+std, flips and 90-degree rotations, MSE to the x100 density, SGD with momentum 0.9 and weight
+decay 5e-4, the learning rate cut by ``lr_gamma`` every ``lr_step`` epochs; then fine-tuning on
+whole images. The count MAE on the validation images is measured after every epoch and the best
+model kept.
+
+A run folder holds ``model/`` (the best checkpoint, loadable by ``load_model``), ``last/`` (the
+latest epoch with optimiser and random state, from which an interrupted run resumes),
+``history.csv`` and ``split.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file
+
+from celltally.data.datasets import Sample
+from celltally.data.images import to_channels
+from celltally.data.patches import PatchSampler
+from celltally.data.points import atomic_write
+from celltally.metrics import DETECTION_RADIUS, count_metrics
+from celltally.models import CountingModel, create_model, save_model
+from celltally.models.io import WEIGHTS_FILE, versions
+from celltally.predict import choose_peak_threshold
+from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; every field has the default of the paper's recipe.
+
+    Attributes:
+        arch: registry name of the model (``fcrn_a``, ``fcrn_b``).
+        in_channels: 1 for fluorescence (colours averaged), 3 for colour histology.
+        batch_norm: BatchNorm after each convolution (not in the paper).
+        sigma, scale: the density target (Gaussian width in pixels, multiplier).
+        patch_size: side of the square training patches, in pixels.
+        batch_size: patches per optimiser step.
+        steps_per_epoch: optimiser steps per patch epoch.
+        epochs: patch epochs.
+        finetune_epochs: epochs of whole-image fine-tuning after the patch epochs.
+        optimizer: ``sgd`` (the paper's) or ``adam``.
+        lr: learning rate of the patch epochs; ``finetune_lr`` that of fine-tuning.
+        momentum, weight_decay: SGD settings (weight decay also applies to Adam).
+        lr_step, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
+        seed: seeds patch sampling and initialisation.
+        detection_radius: pixels; used to choose the peak threshold on validation data.
+        time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
+    """
+
+    arch: str = "fcrn_a"
+    in_channels: int = 1
+    batch_norm: bool = False
+    sigma: float = DEFAULT_SIGMA
+    scale: float = DEFAULT_SCALE
+    patch_size: int = 100
+    batch_size: int = 16
+    steps_per_epoch: int = 100
+    epochs: int = 12
+    finetune_epochs: int = 3
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    finetune_lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step: int = 5
+    lr_gamma: float = 0.1
+    seed: int = 0
+    detection_radius: float = DETECTION_RADIUS
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        positive = ("patch_size", "batch_size", "steps_per_epoch", "lr", "finetune_lr", "lr_step")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.epochs < 0 or self.finetune_epochs < 0 or self.epochs + self.finetune_epochs == 0:
+            raise ValueError("need at least one epoch: set epochs and/or finetune_epochs")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := set(values) - known:
+            raise ValueError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainState:
+    """What ``last/state.pt`` holds besides the weights: enough to resume exactly."""
+
+    epoch: int = 0
+    best_mae: float = float("inf")
+    elapsed: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(
+    config: TrainConfig,
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    out: str | Path,
+    provenance: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> CountingModel:
+    """Train, keep the best model in ``out/model`` and return it. Resumes from ``out/last``."""
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.arch,
+        in_channels=config.in_channels,
+        batch_norm=config.batch_norm,
+        sigma=config.sigma,
+        scale=config.scale,
+    )
+    train_data = _load(train_samples, config.in_channels)
+    val_images, val_points = _load(val_samples, config.in_channels)
+    patch = min(config.patch_size, *(min(im.shape[:2]) for im in train_data[0]))
+    rng = np.random.default_rng(config.seed)
+    sampler = PatchSampler(*train_data, config.sigma, config.scale, rng)
+    optimizer = _optimizer(config, model)
+    state = _resume(out, model, optimizer, rng, config)
+    _write_json(
+        out / "split.json",
+        {"train": [s.name for s in train_samples], "val": [s.name for s in val_samples]},
+    )
+
+    total = config.epochs + config.finetune_epochs
+    with _progress(progress) as bar:
+        task = bar.add_task("training", total=total, completed=state.epoch, status="")
+        while state.epoch < total and not _out_of_time(config, state):
+            started = time.perf_counter()
+            finetune = state.epoch >= config.epochs
+            _set_lr(optimizer, _lr(config, state.epoch))
+            loss = (
+                _finetune_epoch(model, sampler, optimizer)
+                if finetune
+                else _patch_epoch(model, sampler, optimizer, config, patch)
+            )
+            if not np.isfinite(loss):
+                raise ValueError(
+                    f"training diverged in epoch {state.epoch} (loss {loss}); lower the learning"
+                    f" rate (now {_lr(config, state.epoch):g}, e.g. --set lr=...)"
+                )
+            val_mae = _validate(model, val_images, val_points)
+            state.elapsed += time.perf_counter() - started
+            record = {
+                "epoch": state.epoch,
+                "phase": "finetune" if finetune else "patches",
+                "lr": _lr(config, state.epoch),
+                "loss": loss,
+                "val_mae": val_mae,
+                "elapsed_s": state.elapsed,
+            }
+            state.history.append(record)
+            state.epoch += 1
+            if val_mae < state.best_mae:
+                state.best_mae = val_mae
+                save_model(model, out / "model")
+            _checkpoint(out, model, optimizer, rng, state)
+            bar.update(task, advance=1, status=f"loss {loss:.4f}  val MAE {val_mae:.2f}")
+            if on_epoch_end is not None:
+                on_epoch_end(state.epoch, record)
+    return _finish(out, config, val_images, val_points, state, provenance or {})
+
+
+def _finish(out, config, val_images, val_points, state, provenance) -> CountingModel:
+    """Reload the best model, choose its peak threshold on validation data, record provenance."""
+    from celltally.models import load_model
+
+    model = load_model(out / "model")
+    maps = [model.predict_map(image) for image in val_images]
+    model.config.peak_threshold = choose_peak_threshold(
+        model, maps, val_points, config.detection_radius
+    )
+    model.config.training = {
+        **provenance,
+        "settings": asdict(config),
+        "best_val_mae": state.best_mae,
+        "epochs_run": state.epoch,
+        "train_time_s": round(state.elapsed, 1),
+        "versions": versions(),
+    }
+    save_model(model, out / "model")
+    pd.DataFrame(state.history).to_csv(out / "history.csv", index=False)
+    return model
+
+
+def _load(samples: list[Sample], channels: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    loaded = [sample.load() for sample in samples]
+    return [to_channels(image, channels) for image, _ in loaded], [points for _, points in loaded]
+
+
+def _patch_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig, patch: int) -> float:
+    model.train()
+    losses = []
+    for _ in range(config.steps_per_epoch):
+        inputs, targets = sampler.patches(config.batch_size, patch)
+        losses.append(_step(model, optimizer, inputs, targets))
+    return float(np.mean(losses))
+
+
+def _finetune_epoch(model, sampler: PatchSampler, optimizer) -> float:
+    model.train()
+    order = sampler.rng.permutation(len(sampler.images))
+    return float(np.mean([_step(model, optimizer, *sampler.whole(int(i))) for i in order]))
+
+
+def _step(model, optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    loss = torch.nn.functional.mse_loss(model.forward_padded(inputs), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _validate(model: CountingModel, images: list[np.ndarray], points: list[np.ndarray]) -> float:
+    predicted = [model.count(image) for image in images]
+    return count_metrics([len(p) for p in points], predicted)["mae"]
+
+
+def _optimizer(config: TrainConfig, model: CountingModel) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _lr(config: TrainConfig, epoch: int) -> float:
+    if epoch >= config.epochs:
+        return config.finetune_lr
+    return config.lr * config.lr_gamma ** (epoch // config.lr_step)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _out_of_time(config: TrainConfig, state: TrainState) -> bool:
+    return config.time_budget is not None and state.elapsed >= config.time_budget
+
+
+def _checkpoint(out: Path, model, optimizer, rng: np.random.Generator, state: TrainState) -> None:
+    """Save the resumable state: weights (``last/``) and optimiser + random state + history."""
+    save_model(model, out / "last")
+    payload = {
+        "optimizer": optimizer.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "state": asdict(state),
+    }
+    atomic_write(out / "last" / "state.pt", lambda tmp: torch.save(payload, tmp))
+
+
+def _resume(
+    out: Path, model, optimizer, rng: np.random.Generator, config: TrainConfig
+) -> TrainState:
+    state_file = out / "last" / "state.pt"
+    if not state_file.exists():
+        return TrainState()
+    saved_config = json.loads((out / "last" / "config.json").read_text())["config"]
+    if saved_config["arch"] != config.arch:
+        raise ValueError(
+            f"{out} holds a {saved_config['arch']} run; use another --out to train {config.arch}"
+        )
+    payload = torch.load(state_file, weights_only=False)
+    model.load_state_dict(load_file(out / "last" / WEIGHTS_FILE))
+    optimizer.load_state_dict(payload["optimizer"])
+    rng.bit_generator.state = payload["numpy_rng"]
+    torch.set_rng_state(payload["torch_rng"])
+    return TrainState(**payload["state"])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        disable=not enabled,
+    )

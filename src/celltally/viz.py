@@ -1,0 +1,58 @@
+"""Pictures for checking results by eye: the image with detected centres and the count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from celltally.data.points import atomic_write
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """Stretch an ``(H, W, C)`` image to [0, 1] between its 1st and 99.8th percentiles."""
+    low, high = np.percentile(image, [1.0, 99.8])
+    shown = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+    if shown.shape[2] in (2, 4):
+        shown = shown[:, :, :-1]
+    return shown[:, :, 0] if shown.shape[2] == 1 else shown
+
+
+def save_overlay(path: str | Path, image: np.ndarray, points: np.ndarray, count: float) -> None:
+    """Write a PNG of ``image`` with ``points`` circled and the count written in the corner."""
+    height, width = image.shape[:2]
+    dpi = 100
+    figure = plt.figure(figsize=(max(width, 256) / dpi, max(height, 256) / dpi), dpi=dpi)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(display_image(image), cmap="gray", interpolation="nearest")
+    if len(points):
+        axes.scatter(
+            points[:, 1],
+            points[:, 0],
+            s=18,
+            facecolors="none",
+            edgecolors="#ffdd00",
+            linewidths=0.8,
+        )
+    axes.text(
+        0.01,
+        0.99,
+        f"count {count:.1f}  ({len(points)} centres)",
+        transform=axes.transAxes,
+        va="top",
+        ha="left",
+        color="white",
+        fontsize=9,
+        bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none", "pad": 2},
+    )
+    axes.set_axis_off()
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(figure)

@@ -1,0 +1,178 @@
+"""The command line end to end on real files, and every kind of bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from imageio.v3 import imread, imwrite
+from tests.conftest import data_set
+from typer.testing import CliRunner
+
+from celltally.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def leftovers(folder):
+    """Temporary files a crashed or interrupted writer would leave behind."""
+    return [p for p in folder.rglob(".*") if p.is_file()]
+
+
+def test_count_the_bundled_samples_end_to_end(samples_dir, tmp_path):
+    result = run("count", samples_dir, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "counts.csv")
+    assert list(table.columns) == ["image", "count", "n_points", "model"]
+    assert len(table) == 4 and (table["model"] == "fcrn_a_vgg_cells").all()
+    for row in table.itertuples():
+        stem = row.image.split("/")[-1].removesuffix(".png")
+        density = tifffile.imread(tmp_path / "density" / f"{stem}.tif")
+        assert density.shape == (256, 256)
+        assert density.sum() / 100 == pytest.approx(row.count, abs=1e-2)
+        points = pd.read_csv(tmp_path / "points" / f"{stem}.csv")
+        assert list(points.columns) == ["y", "x"] and len(points) == row.n_points
+        assert imread(tmp_path / "overlays" / f"{stem}.png").shape[:2] == (256, 256)
+        assert 50 < row.count < 400 and abs(row.n_points - row.count) < 0.2 * row.count
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert len(record["model_hash"]) == 64 and record["versions"]["torch"]
+    assert "cell counts" in result.output and not leftovers(tmp_path)
+
+
+def test_count_reads_16_bit_and_multi_page_tiffs_and_globs(samples_dir, tmp_path):
+    image = imread(samples_dir / "101cell.png")[:, :, 2].astype(np.uint16) * 250
+    tifffile.imwrite(tmp_path / "deep.tif", image)
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.stack([image, image[::-1]]), photometric="minisblack"
+    )
+    result = run("count", tmp_path / "*.tif", "--out", tmp_path / "out", "--no-overlays")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert len(table) == 3
+    counts = table.set_index("image")["count"]
+    assert counts.iloc[0] == pytest.approx(counts.iloc[1], rel=1e-4)  # deep.tif == page 0
+    assert counts.iloc[1] == pytest.approx(counts.iloc[2], rel=0.05)  # a flipped page
+
+
+def test_bad_files_are_reported_and_the_rest_still_counted(samples_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(samples_dir / "101cell.png", folder / "good.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    tifffile.imwrite(folder / "nan.tif", np.full((64, 64), np.nan, dtype=np.float32))
+    tifffile.imwrite(folder / "complex.tif", np.ones((32, 32), dtype=np.complex64))
+    tifffile.imwrite(
+        folder / "shape.tif", np.ones((2, 3, 32, 32), dtype=np.uint8), photometric="minisblack"
+    )
+    imwrite(folder / "tiny.png", np.ones((8, 8), dtype=np.uint8))
+    result = run("count", folder, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    expected = {
+        "complex.tif": "unsupported pixel type complex64",
+        "corrupt.png": "cannot be read as an image",
+        "nan.tif": "contains NaN",
+        "shape.tif": "unsupported image shape (2, 3, 32, 32)",
+        "tiny.png": "image of 8x8 pixels is smaller than the 16x16 minimum of fcrn_a",
+    }
+    assert len(lines) == len(expected) + 1  # one per bad file, then the summary
+    for name, problem in expected.items():
+        assert any(name in line and problem in line for line in lines), (name, lines)
+    table = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert table["image"].str.endswith("good.png").tolist() == [True]
+    assert sorted(p.name for p in (tmp_path / "out" / "points").iterdir()) == ["good.csv"]
+    assert not leftovers(tmp_path / "out")
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("count", tmp_path / "empty", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "no images found" in result.stderr
+    result = run("count", tmp_path / "nothing*.png", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "no such file, folder or glob match" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_is_a_one_line_error(samples_dir, tmp_path):
+    result = run("count", samples_dir, "--model", tmp_path / "nope", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "not a model" in result.stderr
+
+
+def points_folder(tmp_path, n=4):
+    """VGG cells images with their dots as y,x CSVs: the generic layout for users' data."""
+    from celltally.data import load_dataset, write_points_csv
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for sample in load_dataset(data_set("vgg_cells"), "vgg_cells")[:n]:
+        shutil.copy(sample.image_path, folder / f"{sample.name}.png")
+        write_points_csv(folder / f"{sample.name}.csv", sample.read_points())
+    return folder
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_on_a_points_folder(tmp_path):
+    folder = points_folder(tmp_path, n=5)
+    result = run(
+        "train",
+        "--data",
+        folder,
+        "--format",
+        "points",
+        "--out",
+        tmp_path / "run",
+        "--n-train",
+        2,
+        "--n-val",
+        2,
+        "--set",
+        "epochs=1",
+        "--set",
+        "steps_per_epoch=2",
+        "--set",
+        "finetune_epochs=1",
+        "--set",
+        "patch_size=64",
+        "--set",
+        "optimizer=adam",
+    )
+    assert result.exit_code == 0, result.output
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]) == len(split["val"]) == 2
+    result = run(
+        "evaluate", "--model", tmp_path / "run", "--data", folder, "--out", tmp_path / "eval.json"
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["n_images"] == 1  # the one image neither trained nor validated on
+    assert set(report["count"]) == {"mae", "rmse", "mre"}
+    assert set(report["detection"]) == {"precision", "recall", "f1", "radius"}
+
+
+def test_a_point_outside_its_image_stops_training_with_the_file_named(tmp_path):
+    folder = points_folder(tmp_path, n=2)
+    pd.DataFrame({"y": [10.0], "x": [300.0]}).to_csv(folder / "002.csv", index=False)
+    result = run("train", "--data", folder, "--out", tmp_path / "run", "--n-train", 1, "--n-val", 1)
+    assert result.exit_code == 2
+    assert "002.png: 1 point(s) outside the 256x256 image" in result.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_evaluate_the_bundled_model_on_vgg_test_images():
+    result = run("evaluate", "--data", data_set("vgg_cells"), "--format", "vgg_cells")
+    assert result.exit_code == 0, result.output
+    assert "100 images" in result.output and "MAE" in result.output
+
+
+def test_models_lists_registry_and_bundled():
+    result = run("models")
+    assert result.exit_code == 0
+    assert "fcrn_a" in result.output and "fcrn_b" in result.output and "1,365,825" in result.output
+    assert "fcrn_a_vgg_cells (default)" in result.output

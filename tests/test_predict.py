@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from celltally import create_model, load_model, save_model
+from celltally.errors import InputError
+from celltally.models import bundled_models, model_hash
+
+
+@pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b"])
+def test_tiled_prediction_equals_whole_image(name, rng):
+    model = create_model(name, tile_size=64)  # 64-pixel tiles: a 203x171 image takes 4x3 tiles
+    image = rng.random((203, 171), dtype=np.float32)
+    tiled = model.predict_map(image)
+    model.config.tile_size = 4096
+    whole = model.predict_map(image)
+    assert tiled.shape == whole.shape == (203, 171)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5)
+    assert tiled.sum() == pytest.approx(whole.sum(), rel=1e-3)
+
+
+def test_save_load_round_trip_keeps_weights_config_and_outputs(tmp_path, rng):
+    model = create_model("fcrn_b", in_channels=3, sigma=3.0, peak_threshold=0.7)
+    image = rng.random((48, 56, 3), dtype=np.float32)
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    np.testing.assert_array_equal(loaded.predict_map(image), model.predict_map(image))
+    save_model(model, tmp_path / "run" / "model")
+    assert load_model(tmp_path / "run").config.arch == "fcrn_b"
+    assert len(model_hash(tmp_path / "ckpt")) == 64
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match=r"not a model: expected a folder with config\.json"):
+        load_model(tmp_path / "missing")
+
+
+def test_the_bundled_model_loads_by_name():
+    assert "fcrn_a_vgg_cells" in bundled_models()
+    model = load_model("fcrn_a_vgg_cells")
+    assert model.config.arch == "fcrn_a"
+    assert model.config.training["format"] == "vgg_cells"

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import data_set
+
+from celltally import load_model
+from celltally.data import load_dataset, protocol_split
+from celltally.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+QUICK = {"patch_size": 64, "batch_size": 8, "optimizer": "adam", "lr": 1e-3, "finetune_lr": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def tiny_split():
+    samples = load_dataset(data_set("vgg_cells"), "vgg_cells")
+    return protocol_split(samples, "vgg_cells", 4, 3, seed=0)
+
+
+def untrained_val_mae(split, config) -> float:
+    torch.manual_seed(config.seed)
+    from celltally import create_model
+
+    model = create_model(config.arch)
+    errors = [abs(model.count(s.load()[0]) - len(s.load()[1])) for s in split.val]
+    return float(np.mean(errors))
+
+
+def test_short_training_lowers_the_validation_error(tiny_split, tmp_path):
+    config = TrainConfig(**QUICK, steps_per_epoch=15, epochs=3, finetune_epochs=1)
+    model = train(config, tiny_split.train, tiny_split.val, tmp_path, progress=False)
+    start = untrained_val_mae(tiny_split, config)
+    best = model.config.training["best_val_mae"]
+    assert best < 0.5 * start, (start, best)
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 4 and "finetune" in history[-1]
+    reloaded = load_model(tmp_path)
+    assert reloaded.config.peak_threshold == model.config.peak_threshold
+    assert reloaded.config.training["settings"]["epochs"] == 3
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path):
+    config = TrainConfig(**QUICK, steps_per_epoch=3, epochs=2, finetune_epochs=1)
+
+    def stop_after_first_epoch(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(
+            config,
+            tiny_split.train,
+            tiny_split.val,
+            tmp_path / "a",
+            on_epoch_end=stop_after_first_epoch,
+            progress=False,
+        )
+    seen = []
+    train(
+        config,
+        tiny_split.train,
+        tiny_split.val,
+        tmp_path / "a",
+        progress=False,
+        on_epoch_end=lambda epoch, record: seen.append(epoch),
+    )
+    assert seen == [2, 3]  # resumed after epoch 1 of 3, not from the start
+    train(config, tiny_split.train, tiny_split.val, tmp_path / "b", progress=False)
+    resumed = load_file(tmp_path / "a" / "last" / "model.safetensors")
+    straight = load_file(tmp_path / "b" / "last" / "model.safetensors")
+    for name, weights in straight.items():
+        torch.testing.assert_close(resumed[name], weights, msg=name)
