@@ -15,6 +15,7 @@ import tifffile
 import torch
 import typer
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from celltally.data.datasets import FORMATS, load_dataset, resolve_data
@@ -66,7 +67,7 @@ def count(
         raise typer.Exit(2) from None
     rows, failed = [], 0
     names: set[str] = set()
-    for path in files:
+    for path in track(files, description="counting", console=errors, transient=True):
         try:
             results = count_file(counter, path)
         except InputError as error:
@@ -78,9 +79,7 @@ def count(
             _write_outputs(out, result, overlays)
             rows.append(
                 {
-                    "image": str(result.source)
-                    if result.name == result.source.stem
-                    else f"{result.source}#{result.name}",
+                    "image": result.label,
                     "count": round(result.count, 3),
                     "n_points": len(result.points),
                     "model": model,

@@ -80,12 +80,18 @@ def choose_peak_threshold(
 class ImageResult:
     """What counting one image (or one page of a multi-page TIFF) gives."""
 
-    name: str
+    name: str  # file stem, or <stem>_p<page> for a page of a multi-page TIFF
     source: Path
+    page: int | None
     image: np.ndarray
     density: np.ndarray
     count: float
     points: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """How the image is named in tables: its path, with ``#<page>`` for a TIFF page."""
+        return str(self.source) if self.page is None else f"{self.source}#{self.page}"
 
 
 def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
@@ -96,7 +102,7 @@ def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
         name = path.stem if len(pages) == 1 else f"{path.stem}_p{index:03d}"
         density = model.predict_map(image, source=str(path))
         points = model.peaks(density)
-        results.append(
-            ImageResult(name, path, image, density, model.count_from_map(density), points)
-        )
+        page = None if len(pages) == 1 else index
+        count = model.count_from_map(density)
+        results.append(ImageResult(name, path, page, image, density, count, points))
     return results

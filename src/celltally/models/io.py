@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from celltally.errors import InputError
 from celltally.models.base import CountingModel, ModelConfig
-from celltally.models.registry import model_class
+from celltally.models.registry import build_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,7 +62,7 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     folder = resolve_model(path_or_name)
     record = json.loads((folder / CONFIG_FILE).read_text())
     config = ModelConfig.from_dict(record["config"])
-    model = model_class(config.arch)(config)
+    model = build_model(config)
     model.load_state_dict(load_file(folder / WEIGHTS_FILE))
     return model.to(device).eval()
 

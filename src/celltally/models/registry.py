@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from celltally.models.base import CountingModel, ModelConfig
 
 _ARCHITECTURES: dict[str, type[CountingModel]] = {}
@@ -27,8 +29,11 @@ def create_model(name: str, **config: Any) -> CountingModel:
     """Build architecture ``name`` with ``config`` (fields of ``ModelConfig``) as overrides."""
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
-    return _ARCHITECTURES[name](ModelConfig(arch=name, **config))
+    return build_model(ModelConfig(arch=name, **config))
 
 
-def model_class(name: str) -> type[CountingModel]:
-    return _ARCHITECTURES[name]
+def build_model(config: ModelConfig) -> CountingModel:
+    """Build the architecture ``config.arch`` names, its weights channels-last (see
+    ``CountingModel.forward_padded``)."""
+    model = _ARCHITECTURES[config.arch](config)
+    return model.to(memory_format=torch.channels_last)

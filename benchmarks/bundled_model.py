@@ -1,0 +1,82 @@
+"""Train the bundled model: FCRN-A on the VGG cells training pool (001-100), tested on 101-200.
+
+80 images train and 20 validate (drawn with seed 0 from 001-100); the best checkpoint is copied
+into the package as ``fcrn_a_vgg_cells`` with its test figures in its config, and a section of
+benchmarks/RESULTS.md is written.
+
+    python benchmarks/bundled_model.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from celltally.data import default_data_root, load_dataset, protocol_split
+from celltally.metrics import count_metrics, detection_metrics
+from celltally.models import load_model, save_model
+from celltally.train import TrainConfig, train
+from results import write_section
+
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "celltally" / "weights"
+NAME = "fcrn_a_vgg_cells"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=default_data_root() / "vgg_cells")
+    parser.add_argument("--run", type=Path, default=Path("benchmarks/runs/bundled_fcrn_a"))
+    parser.add_argument("--settings", default="{}", help="JSON of TrainConfig overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    samples = load_dataset(args.data, "vgg_cells")
+    split = protocol_split(samples, "vgg_cells", 80, 20, seed=0)
+    config = TrainConfig(arch="fcrn_a", seed=0, **json.loads(args.settings))
+    provenance = {
+        "data": "vgg_cells",
+        "format": "vgg_cells",
+        "protocol": "lempitsky",
+        "seed": 0,
+        "train_pool": "001-100",
+        "split": {"train": [s.name for s in split.train], "val": [s.name for s in split.val]},
+    }
+    train(config, split.train, split.val, args.run, provenance)
+    model = load_model(args.run)
+    test = [s.load() for s in split.test]
+    maps = [model.predict_map(image) for image, _ in test]
+    truth = [points for _, points in test]
+    counts = count_metrics([len(t) for t in truth], [model.count_from_map(m) for m in maps])
+    detection = detection_metrics([model.peaks(m) for m in maps], truth, 5.0)
+    model.config.training.update(
+        test_set="101-200",
+        test_mae=round(counts["mae"], 2),
+        test_detection_f1=round(detection["f1"], 3),
+    )
+    shutil.rmtree(PACKAGE_WEIGHTS / NAME, ignore_errors=True)
+    save_model(model, PACKAGE_WEIGHTS / NAME)
+    info = model.config.training
+    text = "\n".join(
+        [
+            f"### Bundled model `{NAME}` (FCRN-A, VGG cells 001-100: 80 train + 20 validation, seed 0)",
+            "",
+            "Command: `python benchmarks/bundled_model.py`"
+            + (f" --settings '{args.settings}'" if args.settings != "{}" else ""),
+            "",
+            "| test set | MAE | RMSE | rel. error | precision | recall | F1 (5 px) | train time | epochs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| 101-200 | {counts['mae']:.2f} | {counts['rmse']:.2f} | {100 * counts['mre']:.1f}% |"
+            f" {detection['precision']:.3f} | {detection['recall']:.3f} | {detection['f1']:.3f} |"
+            f" {info['train_time_s'] / 60:.1f} min | {info['epochs_run']} |",
+            "",
+        ]
+    )
+    write_section("bundled-fcrn_a", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
