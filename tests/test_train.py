@@ -75,3 +75,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path):
     straight = load_file(tmp_path / "b" / "last" / "model.safetensors")
     for name, weights in straight.items():
         torch.testing.assert_close(resumed[name], weights, msg=name)
+
+
+def test_readout_refit_makes_the_summed_training_count_exact(rng):
+    from celltally import create_model
+    from celltally.train import refit_readout
+
+    model = create_model("fcrn_a", batch_norm=True)
+    images = [rng.random((48, 64), dtype=np.float32) for _ in range(3)]
+    points = [rng.uniform([0, 0], [47, 63], size=(n, 2)) for n in (5, 12, 30)]
+    before = sum(model.count(image) for image in images)
+    refit_readout(model, images, points)
+    after = sum(model.count(image) for image in images)
+    assert abs(before - 47) > 1
+    assert after == pytest.approx(47, rel=1e-3)

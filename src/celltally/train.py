@@ -34,7 +34,7 @@ from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import CountingModel, create_model, save_model
 from celltally.models.io import WEIGHTS_FILE, versions
 from celltally.predict import choose_peak_threshold
-from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, density_map
 
 
 @dataclass
@@ -51,6 +51,8 @@ class TrainConfig:
         batch_norm: BatchNorm after each convolution (not in the paper).
         sigma, scale: the density target (Gaussian width in pixels, multiplier).
         patch_size: side of the square training patches, in pixels.
+        per_patch_norm: normalise each patch by its own mean and std (the paper); if false,
+            patches keep the normalisation of their whole image, as at inference.
         batch_size: patches per optimiser step.
         steps_per_epoch: optimiser steps per patch epoch.
         epochs: patch epochs.
@@ -61,6 +63,8 @@ class TrainConfig:
         lr_step, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
         bf16: run the training forward pass in bfloat16 autocast (weights and loss stay float32):
             about 2x faster on CPUs with AVX512-BF16 or AMX. Inference is always float32.
+        refit_readout: after training, refit the final 1x1 convolution by least squares on the
+            whole training images (see ``refit_readout``); kept only if validation MAE improves.
         seed: seeds patch sampling and initialisation.
         detection_radius: pixels; used to choose the peak threshold on validation data.
         time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
@@ -72,18 +76,20 @@ class TrainConfig:
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
     patch_size: int = 100
+    per_patch_norm: bool = True
     batch_size: int = 16
     steps_per_epoch: int = 100
     epochs: int = 30
-    finetune_epochs: int = 5
+    finetune_epochs: int = 8
     optimizer: str = "sgd"
     lr: float = 1e-2
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_step: int = 10
     lr_gamma: float = 0.1
     bf16: bool = True
+    refit_readout: bool = True
     seed: int = 0
     detection_radius: float = DETECTION_RADIUS
     time_budget: float | None = None
@@ -139,7 +145,7 @@ def train(
     val_images, val_points = _load(val_samples, config.in_channels)
     patch = min(config.patch_size, *(min(im.shape[:2]) for im in train_data[0]))
     rng = np.random.default_rng(config.seed)
-    sampler = PatchSampler(*train_data, config.sigma, config.scale, rng)
+    sampler = PatchSampler(*train_data, config.sigma, config.scale, rng, config.per_patch_norm)
     optimizer = _optimizer(config, model)
     state = _resume(out, model, optimizer, rng, config)
     _write_json(
@@ -183,14 +189,25 @@ def train(
             bar.update(task, advance=1, status=f"loss {loss:.4f}  val MAE {val_mae:.2f}")
             if on_epoch_end is not None:
                 on_epoch_end(state.epoch, record)
-    return _finish(out, config, val_images, val_points, state, provenance or {})
+    return _finish(out, config, train_data, (val_images, val_points), state, provenance or {})
 
 
-def _finish(out, config, val_images, val_points, state, provenance) -> CountingModel:
-    """Reload the best model, choose its peak threshold on validation data, record provenance."""
+def _finish(out, config, train_data, val_data, state, provenance) -> CountingModel:
+    """Reload the best model, refit its readout, choose its peak threshold on validation data,
+    record provenance."""
     from celltally.models import load_model
 
     model = load_model(out / "model")
+    val_images, val_points = val_data
+    refit = {}
+    if config.refit_readout:
+        before = _validate(model, val_images, val_points)
+        refitted = load_model(out / "model")
+        refit_readout(refitted, *train_data)
+        after = _validate(refitted, val_images, val_points)
+        refit = {"val_mae_before_refit": before, "val_mae_after_refit": after}
+        if after < before:
+            model = refitted
     maps = [model.predict_map(image) for image in val_images]
     model.config.peak_threshold = choose_peak_threshold(
         model, maps, val_points, config.detection_radius
@@ -199,6 +216,7 @@ def _finish(out, config, val_images, val_points, state, provenance) -> CountingM
         **provenance,
         "settings": asdict(config),
         "best_val_mae": state.best_mae,
+        **refit,
         "epochs_run": state.epoch,
         "train_time_s": round(state.elapsed, 1),
         "versions": versions(),
@@ -206,6 +224,41 @@ def _finish(out, config, val_images, val_points, state, provenance) -> CountingM
     save_model(model, out / "model")
     pd.DataFrame(state.history).to_csv(out / "history.csv", index=False)
     return model
+
+
+@torch.no_grad()
+def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[np.ndarray]) -> None:
+    """Refit the final 1x1 convolution by linear least squares on whole training images.
+
+    The count is the sum of the map over tens of thousands of pixels, so a per-pixel offset far
+    below the MSE's noise level still shifts counts by several cells, and SGD noise on the last
+    bias keeps moving it. The readout is linear in its input features, so its exact least-squares
+    fit on the whole images is cheap; with its intercept, the residuals sum to zero and the
+    summed count over the training images is exact.
+    """
+    layer = model.readout
+    features: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
+    n = layer.in_channels + 1
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    moment = torch.zeros(n, dtype=torch.float64)
+    model.eval()
+    try:
+        for image, dots in zip(images, points, strict=True):
+            features.clear()
+            model.forward_padded(model.prepare(image)[None])
+            height, width = image.shape[:2]
+            x = features[0][0, :, :height, :width].reshape(n - 1, -1).double()
+            x = torch.cat([x, torch.ones(1, x.shape[1], dtype=torch.float64)])
+            target = density_map(dots, (height, width), model.config.sigma, model.config.scale)
+            gram += x @ x.T
+            moment += x @ torch.from_numpy(target.reshape(-1)).double()
+    finally:
+        hook.remove()
+    ridge = 1e-6 * gram.diagonal().mean() * torch.eye(n, dtype=torch.float64)
+    solution = torch.linalg.solve(gram + ridge, moment).float()
+    layer.weight.copy_(solution[:-1].reshape(layer.weight.shape))
+    layer.bias.copy_(solution[-1:])
 
 
 def _load(samples: list[Sample], channels: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -223,7 +276,16 @@ def _patch_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig, p
 
 
 def _finetune_epoch(model, sampler: PatchSampler, optimizer, bf16: bool) -> float:
+    """One pass over the whole training images, BatchNorm statistics frozen.
+
+    Inference normalises with the statistics gathered on patches; freezing them here lets the
+    whole-image phase correct the count offset those statistics leave (batches of one whole
+    image would give poor statistics anyway).
+    """
     model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
     order = sampler.rng.permutation(len(sampler.images))
     return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), bf16) for i in order]))
 

@@ -42,8 +42,9 @@ class PatchSampler:
         sigma: float,
         scale: float,
         rng: np.random.Generator,
+        per_patch: bool = True,
     ):
-        self.images, self.points = images, points
+        self.images, self.points, self.per_patch = images, points, per_patch
         self.sigma, self.scale, self.rng = sigma, scale, rng
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -52,6 +53,9 @@ class PatchSampler:
         key = (index, k)
         if key not in self._cache:
             image, points = augment(self.images[index], self.points[index], k)
+            if not self.per_patch:
+                image = normalise(torch.from_numpy(image.transpose(2, 0, 1).copy())).numpy()
+                image = np.ascontiguousarray(image.transpose(1, 2, 0))
             self._cache[key] = (image, density_map(points, image.shape[:2], self.sigma, self.scale))
         return self._cache[key]
 
@@ -65,7 +69,7 @@ class PatchSampler:
             left = int(self.rng.integers(image.shape[1] - size + 1))
             inputs.append(image[top : top + size, left : left + size])
             targets.append(density[top : top + size, left : left + size])
-        return _to_batch(inputs, targets)
+        return _to_batch(inputs, targets, self.per_patch)
 
     def whole(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``index`` whole, randomly augmented: a batch of one for fine-tuning."""
@@ -74,8 +78,8 @@ class PatchSampler:
 
 
 def _to_batch(
-    images: list[np.ndarray], densities: list[np.ndarray]
+    images: list[np.ndarray], densities: list[np.ndarray], normalised: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
     targets = torch.from_numpy(np.stack(densities)[:, None].copy())
-    return normalise(inputs), targets
+    return (normalise(inputs) if normalised else inputs), targets

@@ -84,6 +84,11 @@ class CountingModel(nn.Module):
         self.config = config
 
     @property
+    def readout(self) -> nn.Conv2d:
+        """The final 1x1 convolution, linear in its input features (refit after training)."""
+        raise NotImplementedError
+
+    @property
     def count_divisor(self) -> float:
         """What the map's sum is divided by to give the count."""
         return self.config.scale

@@ -51,8 +51,21 @@ def learned_upsample_relu(in_maps: int, out_maps: int, batch_norm: bool) -> nn.S
     return nn.Sequential(*layers)
 
 
+class FCRN(CountingModel):
+    """Shared by both FCRNs: ``layers`` ends in the 1x1 ``density`` convolution."""
+
+    layers: nn.Sequential
+
+    def forward(self, x):
+        return self.layers(x)
+
+    @property
+    def readout(self) -> nn.Conv2d:
+        return self.layers.density
+
+
 @register_model("fcrn_a")
-class FCRNA(CountingModel):
+class FCRNA(FCRN):
     stride = 8
     tile_margin = 64
     min_size = 16
@@ -77,12 +90,9 @@ class FCRNA(CountingModel):
         )
         self.init_weights()
 
-    def forward(self, x):
-        return self.layers(x)
-
 
 @register_model("fcrn_b")
-class FCRNB(CountingModel):
+class FCRNB(FCRN):
     stride = 4
     tile_margin = 64
     min_size = 16
@@ -106,6 +116,3 @@ class FCRNB(CountingModel):
             )
         )
         self.init_weights()
-
-    def forward(self, x):
-        return self.layers(x)
