@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from celltally.data import default_data_root, load_dataset, protocol_split
-from celltally.metrics import count_metrics, detection_metrics
 from celltally.models import load_model, save_model
+from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
 from results import write_section
 
@@ -36,21 +36,11 @@ def main() -> None:
     samples = load_dataset(args.data, "vgg_cells")
     split = protocol_split(samples, "vgg_cells", 80, 20, seed=0)
     config = TrainConfig(arch="fcrn_a", seed=0, **json.loads(args.settings))
-    provenance = {
-        "data": "vgg_cells",
-        "format": "vgg_cells",
-        "protocol": "lempitsky",
-        "seed": 0,
-        "train_pool": "001-100",
-        "split": {"train": [s.name for s in split.train], "val": [s.name for s in split.val]},
-    }
+    provenance = {**split.record("vgg_cells", "vgg_cells", 0), "train_pool": "001-100"}
     train(config, split.train, split.val, args.run, provenance)
     model = load_model(args.run)
-    test = [s.load() for s in split.test]
-    maps = [model.predict_map(image) for image, _ in test]
-    truth = [points for _, points in test]
-    counts = count_metrics([len(t) for t in truth], [model.count_from_map(m) for m in maps])
-    detection = detection_metrics([model.peaks(m) for m in maps], truth, 5.0)
+    metrics = evaluate(model, split.test, radius=5.0)
+    counts, detection = metrics["count"], metrics["detection"]
     model.config.training.update(
         test_set="101-200",
         test_mae=round(counts["mae"], 2),

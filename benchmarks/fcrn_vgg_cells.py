@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from celltally.data import default_data_root, load_dataset, protocol_split
-from celltally.metrics import count_metrics, detection_metrics
+from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
 from results import write_section
 
@@ -34,31 +33,20 @@ def run_draw(arch: str, n: int, seed: int, settings: dict, data: Path, runs: Pat
     samples = load_dataset(data, "vgg_cells")
     split = protocol_split(samples, "vgg_cells", n, n, seed)
     config = TrainConfig(arch=arch, seed=seed, **settings)
-    provenance = {
-        "data": str(data),
-        "format": "vgg_cells",
-        "protocol": "lempitsky",
-        "seed": seed,
-        "split": {"train": [s.name for s in split.train], "val": [s.name for s in split.val]},
-    }
+    provenance = split.record(str(data), "vgg_cells", seed)
     model = train(config, split.train, split.val, runs / f"{arch}_n{n}_seed{seed}", provenance)
-    test = [s.load() for s in split.test]
-    started = time.perf_counter()
-    maps = [model.predict_map(image) for image, _ in test]
-    seconds = time.perf_counter() - started
-    found = [model.peaks(m) for m in maps]
-    truth = [points for _, points in test]
+    metrics = evaluate(model, split.test, radius=5.0)
     result = {
         "arch": arch,
         "n": n,
         "seed": seed,
         "settings": config.__dict__,
-        "count": count_metrics([len(t) for t in truth], [model.count_from_map(m) for m in maps]),
-        "detection": detection_metrics(found, truth, 5.0),
+        "count": metrics["count"],
+        "detection": metrics["detection"],
+        "inference_images_per_s": metrics["images_per_s"],
         "train_time_s": model.config.training["train_time_s"],
         "epochs_run": model.config.training["epochs_run"],
         "best_val_mae": model.config.training["best_val_mae"],
-        "inference_images_per_s": len(test) / seconds,
         "split": split.names(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
     }

@@ -23,10 +23,11 @@ from celltally.data.images import find_images
 from celltally.data.points import atomic_write, write_points_csv
 from celltally.data.splits import fixed_test_split, protocol_split
 from celltally.errors import InputError
-from celltally.metrics import DETECTION_RADIUS, count_metrics, detection_metrics
+from celltally.metrics import DETECTION_RADIUS
 from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
 from celltally.models.io import resolve_model, versions
 from celltally.predict import ImageResult, count_file
+from celltally.predict import evaluate as evaluate_model
 from celltally.train import TrainConfig
 from celltally.train import train as run_training
 from celltally.viz import save_overlay
@@ -169,13 +170,7 @@ def train(
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    provenance = {
-        "data": str(root.resolve()),
-        "format": fmt,
-        "protocol": "lempitsky" if fmt == "vgg_cells" else "random",
-        "seed": seed,
-        "split": {"train": [s.name for s in split.train], "val": [s.name for s in split.val]},
-    }
+    provenance = split.record(str(root.resolve()), fmt, seed)
     console.print(
         f"training {model} on {len(split.train)} images, validating on {len(split.val)} ({root})"
     )
@@ -226,34 +221,17 @@ def evaluate(
         counter = load_model(model)
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
-        rows, found, truth = [], [], []
-        for sample in samples:
-            image, points = sample.load()
-            density = counter.predict_map(image, source=str(sample.image_path))
-            found.append(counter.peaks(density))
-            truth.append(points)
-            rows.append(
-                {
-                    "image": sample.name,
-                    "true": len(points),
-                    "count": counter.count_from_map(density),
-                    "n_points": len(found[-1]),
-                }
-            )
+        metrics = evaluate_model(counter, samples, radius)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    table = pd.DataFrame(rows)
     result = {
         "model": model,
         "model_hash": model_hash(model),
         "data": str(root),
         "format": fmt,
         "subset": subset,
-        "n_images": len(rows),
-        "count": count_metrics(table["true"], table["count"]),
-        "detection": detection_metrics(found, truth, radius),
-        "images": rows,
+        **metrics,
         "versions": versions(),
     }
     _print_evaluation(result)

@@ -3,6 +3,7 @@ the peak threshold that turns a density map into cell centres."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from celltally.data.images import read_pages
-from celltally.metrics import match_points
+from celltally.metrics import count_metrics, detection_metrics, match_points
 
 if TYPE_CHECKING:
     from celltally.models.base import CountingModel
@@ -92,6 +93,30 @@ class ImageResult:
     def label(self) -> str:
         """How the image is named in tables: its path, with ``#<page>`` for a TIFF page."""
         return str(self.source) if self.page is None else f"{self.source}#{self.page}"
+
+
+def evaluate(model: CountingModel, samples: list, radius: float) -> dict:
+    """Count and detection metrics of ``model`` on annotated ``samples``, with per-image rows
+    and the inference speed (images/s, reading excluded)."""
+    rows, found, truth, seconds = [], [], [], 0.0
+    for sample in samples:
+        image, points = sample.load()
+        started = time.perf_counter()
+        density = model.predict_map(image, source=str(sample.image_path))
+        seconds += time.perf_counter() - started
+        found.append(model.peaks(density))
+        truth.append(points)
+        count = model.count_from_map(density)
+        rows.append(
+            {"image": sample.name, "true": len(points), "count": count, "n_points": len(found[-1])}
+        )
+    return {
+        "n_images": len(rows),
+        "count": count_metrics([r["true"] for r in rows], [r["count"] for r in rows]),
+        "detection": detection_metrics(found, truth, radius),
+        "images_per_s": len(rows) / max(seconds, 1e-9),
+        "images": rows,
+    }
 
 
 def count_file(model: CountingModel, path: Path) -> list[ImageResult]:

@@ -27,6 +27,17 @@ class Split:
     def names(self) -> dict[str, list[str]]:
         return {part: [s.name for s in getattr(self, part)] for part in ("train", "val", "test")}
 
+    def record(self, data: str, fmt: str, seed: int) -> dict:
+        """Where a model's training data came from, for its config."""
+        names = self.names()
+        return {
+            "data": data,
+            "format": fmt,
+            "protocol": "lempitsky" if fmt == "vgg_cells" else "random",
+            "seed": seed,
+            "split": {"train": names["train"], "val": names["val"]},
+        }
+
 
 def protocol_split(
     samples: list[Sample], fmt: str, n_train: int, n_val: int, seed: int = 0
