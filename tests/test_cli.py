@@ -175,4 +175,4 @@ def test_models_lists_registry_and_bundled():
     result = run("models")
     assert result.exit_code == 0
     assert "fcrn_a" in result.output and "fcrn_b" in result.output and "1,365,825" in result.output
-    assert "fcrn_a_vgg_cells (default)" in result.output
+    assert "fcrn_a_vgg_cells *" in result.output and "2.52 (101-200)" in result.output

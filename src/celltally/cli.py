@@ -290,20 +290,24 @@ def models() -> None:
         ]
         view.add_row(name, f"{sizes[0]:,} / {sizes[1]:,}")
     console.print(view)
-    view = Table(title="bundled models")
-    for column in ("name", "architecture", "trained on", "test MAE", "path"):
-        view.add_column(column)
+    view = Table(title="bundled models (* the default)")
+    for column in ("name", "architecture", "trained on", "test MAE"):
+        view.add_column(column, no_wrap=True)
     for name, path in bundled_models().items():
         config = json.loads((path / "config.json").read_text())["config"]
         info = config.get("training", {})
         view.add_row(
-            name + (" (default)" if name == DEFAULT_MODEL else ""),
+            name + (" *" if name == DEFAULT_MODEL else ""),
             config["arch"],
             f"{info.get('format', '?')} {info.get('train_pool', '')}".strip(),
-            str(info.get("test_mae", "?")),
-            str(path),
+            f"{info.get('test_mae', '?')} ({info.get('test_set', '?')})",
         )
     console.print(view)
+    console.print(
+        f"bundled models are in {Path(str(next(iter(bundled_models().values())))).parent}"
+        if bundled_models()
+        else "no bundled models installed"
+    )
 
 
 if __name__ == "__main__":
