@@ -293,7 +293,8 @@ def models() -> None:
     view = Table(title="bundled models (* the default)")
     for column in ("name", "architecture", "trained on", "test MAE"):
         view.add_column(column, no_wrap=True)
-    for name, path in bundled_models().items():
+    bundled = bundled_models()
+    for name, path in bundled.items():
         config = json.loads((path / "config.json").read_text())["config"]
         info = config.get("training", {})
         view.add_row(
@@ -303,11 +304,8 @@ def models() -> None:
             f"{info.get('test_mae', '?')} ({info.get('test_set', '?')})",
         )
     console.print(view)
-    console.print(
-        f"bundled models are in {Path(str(next(iter(bundled_models().values())))).parent}"
-        if bundled_models()
-        else "no bundled models installed"
-    )
+    if bundled:
+        console.print(f"bundled models are in {next(iter(bundled.values())).parent}")
 
 
 if __name__ == "__main__":
