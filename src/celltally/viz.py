@@ -12,6 +12,8 @@ import numpy as np
 
 from celltally.data.points import atomic_write
 
+MIN_OVERLAY_SIDE = 512  # pixels; smaller images are drawn enlarged
+
 
 def display_image(image: np.ndarray) -> np.ndarray:
     """Stretch an ``(H, W, C)`` image to [0, 1] between its 1st and 99.8th percentiles."""
@@ -26,7 +28,8 @@ def save_overlay(path: str | Path, image: np.ndarray, points: np.ndarray, count:
     """Write a PNG of ``image`` with ``points`` circled and the count written in the corner."""
     height, width = image.shape[:2]
     dpi = 100
-    figure = plt.figure(figsize=(max(width, 256) / dpi, max(height, 256) / dpi), dpi=dpi)
+    zoom = max(1.0, MIN_OVERLAY_SIDE / min(height, width))
+    figure = plt.figure(figsize=(width * zoom / dpi, height * zoom / dpi), dpi=dpi)
     axes = figure.add_axes((0, 0, 1, 1))
     axes.imshow(display_image(image), cmap="gray", interpolation="nearest")
     if len(points):
