@@ -38,7 +38,7 @@ def test_count_the_bundled_samples_end_to_end(samples_dir, tmp_path):
         assert density.sum() / 100 == pytest.approx(row.count, abs=1e-2)
         points = pd.read_csv(tmp_path / "points" / f"{stem}.csv")
         assert list(points.columns) == ["y", "x"] and len(points) == row.n_points
-        assert imread(tmp_path / "overlays" / f"{stem}.png").shape[:2] == (256, 256)
+        assert imread(tmp_path / "overlays" / f"{stem}.png").shape[:2] == (512, 512)  # drawn 2x
         assert 50 < row.count < 400 and abs(row.n_points - row.count) < 0.2 * row.count
     record = json.loads((tmp_path / "run.json").read_text())
     assert len(record["model_hash"]) == 64 and record["versions"]["torch"]
