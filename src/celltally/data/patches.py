@@ -33,7 +33,11 @@ def augment(image: np.ndarray, points: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 class PatchSampler:
-    """Draws batches of normalised image patches and their density targets."""
+    """Draws batches of normalised image patches and their density targets.
+
+    ``per_patch``: normalise each patch by its own mean and std (the paper); otherwise by its
+    whole image's, as at inference.
+    """
 
     def __init__(
         self,
@@ -60,7 +64,7 @@ class PatchSampler:
         return self._cache[key]
 
     def patches(self, batch_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of random ``size`` x ``size`` patches, each normalised by its own statistics."""
+        """A batch of random ``size`` x ``size`` patches and their density targets."""
         inputs, targets = [], []
         for _ in range(batch_size):
             index = int(self.rng.integers(len(self.images)))
