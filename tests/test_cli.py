@@ -176,3 +176,15 @@ def test_models_lists_registry_and_bundled():
     assert result.exit_code == 0
     assert "fcrn_a" in result.output and "fcrn_b" in result.output and "1,365,825" in result.output
     assert "fcrn_a_vgg_cells *" in result.output and "2.52 (101-200)" in result.output
+
+
+def test_bad_training_settings_are_one_line_errors(tmp_path):
+    folder = points_folder(tmp_path, n=2)
+    for setting, problem in [
+        ("epochs=x", "setting epochs must be of type int, got 'x'"),
+        ("epoch=3", "--set 'epoch=3': expected NAME=VALUE with NAME one of"),
+        ("optimizer=rmsprop", "optimizer must be 'sgd' or 'adam', got 'rmsprop'"),
+    ]:
+        result = run("train", "--data", folder, "--out", tmp_path / "run", "--set", setting)
+        assert result.exit_code == 2 and problem in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

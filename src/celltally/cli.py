@@ -187,15 +187,20 @@ def train(
 
 
 def _settings(config: Path | None, assignments: list[str], **given) -> TrainConfig:
+    if config and not config.is_file():
+        raise InputError(config, "no such settings file")
     values = json.loads(config.read_text()) if config else {}
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    names = {f.name for f in fields(TrainConfig)}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
-        if not sep or key not in types:
+        if not sep or key not in names:
             raise ValueError(
-                f"--set {assignment!r}: expected NAME=VALUE with NAME one of {sorted(types)}"
+                f"--set {assignment!r}: expected NAME=VALUE with NAME one of {sorted(names)}"
             )
-        values[key] = json.loads(text) if text not in ("sgd", "adam") else text
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:  # a bare word, e.g. optimizer=sgd
+            values[key] = text
     return TrainConfig.from_dict({**values, **given})
 
 

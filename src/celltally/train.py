@@ -110,10 +110,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := set(values) - known:
-            raise ValueError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        defaults = {f.name: f.default for f in fields(cls)}
+        if unknown := set(values) - set(defaults):
+            raise ValueError(
+                f"unknown training settings {sorted(unknown)}; valid: {sorted(defaults)}"
+            )
+        for name, value in values.items():
+            values[name] = _checked(name, value, defaults[name])
         return cls(**values)
+
+
+def _checked(name: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of the setting's default (ints pass as floats)."""
+    if default is None and value is None:
+        return value
+    expected = float if default is None else type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"setting {name} must be of type {expected.__name__}, got {value!r}")
+    return value
 
 
 @dataclass
