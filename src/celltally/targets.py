@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_SIGMA = 2.0  # pixels; our reading of the FCRN paper for the cell data (check: see README)
+DEFAULT_SIGMA = 2.0  # pixels; our reading of the FCRN paper for the cell data
 DEFAULT_SCALE = 100.0  # Xie et al. 2016 multiply the density by 100 to ease training
 _CHUNK = 4096  # dots per matrix product, so huge point sets stay in bounded memory
 
