@@ -52,9 +52,17 @@ def learned_upsample_relu(in_maps: int, out_maps: int, batch_norm: bool) -> nn.S
 
 
 class FCRN(CountingModel):
-    """Shared by both FCRNs: ``layers`` ends in the 1x1 ``density`` convolution."""
+    """Shared by both FCRNs: ``build_layers(in_maps, bn)`` lists the layers, ending in the 1x1
+    ``density`` convolution."""
 
-    layers: nn.Sequential
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.layers = nn.Sequential(self.build_layers(config.in_channels, config.batch_norm))
+        self.init_weights()
+
+    @staticmethod
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+        raise NotImplementedError
 
     def forward(self, x):
         return self.layers(x)
@@ -70,25 +78,21 @@ class FCRNA(FCRN):
     tile_margin = 64
     min_size = 16
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
-        bn = config.batch_norm
-        self.layers = nn.Sequential(
-            OrderedDict(
-                conv1=conv_relu(config.in_channels, 32, 3, bn),
-                pool1=nn.MaxPool2d(2),
-                conv2=conv_relu(32, 64, 3, bn),
-                pool2=nn.MaxPool2d(2),
-                conv3=conv_relu(64, 128, 3, bn),
-                pool3=nn.MaxPool2d(2),
-                conv4=conv_relu(128, 512, 3, bn),
-                up5=upsample_conv_relu(512, 128, bn),
-                up6=upsample_conv_relu(128, 64, bn),
-                up7=upsample_conv_relu(64, 32, bn),
-                density=nn.Conv2d(32, 1, 1),
-            )
+    @staticmethod
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+        return OrderedDict(
+            conv1=conv_relu(in_maps, 32, 3, bn),
+            pool1=nn.MaxPool2d(2),
+            conv2=conv_relu(32, 64, 3, bn),
+            pool2=nn.MaxPool2d(2),
+            conv3=conv_relu(64, 128, 3, bn),
+            pool3=nn.MaxPool2d(2),
+            conv4=conv_relu(128, 512, 3, bn),
+            up5=upsample_conv_relu(512, 128, bn),
+            up6=upsample_conv_relu(128, 64, bn),
+            up7=upsample_conv_relu(64, 32, bn),
+            density=nn.Conv2d(32, 1, 1),
         )
-        self.init_weights()
 
 
 @register_model("fcrn_b")
@@ -97,22 +101,18 @@ class FCRNB(FCRN):
     tile_margin = 64
     min_size = 16
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
-        bn = config.batch_norm
-        self.layers = nn.Sequential(
-            OrderedDict(
-                conv1=conv_relu(config.in_channels, 64, 3, bn),
-                conv2=conv_relu(64, 64, 3, bn),
-                pool1=nn.MaxPool2d(2),
-                conv3=conv_relu(64, 128, 3, bn),
-                conv4=conv_relu(128, 128, 3, bn),
-                pool2=nn.MaxPool2d(2),
-                conv5=conv_relu(128, 256, 3, bn),
-                conv6=conv_relu(256, 256, 3, bn),
-                up7=learned_upsample_relu(256, 256, bn),
-                up8=learned_upsample_relu(256, 128, bn),
-                density=nn.Conv2d(128, 1, 1),
-            )
+    @staticmethod
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+        return OrderedDict(
+            conv1=conv_relu(in_maps, 64, 3, bn),
+            conv2=conv_relu(64, 64, 3, bn),
+            pool1=nn.MaxPool2d(2),
+            conv3=conv_relu(64, 128, 3, bn),
+            conv4=conv_relu(128, 128, 3, bn),
+            pool2=nn.MaxPool2d(2),
+            conv5=conv_relu(128, 256, 3, bn),
+            conv6=conv_relu(256, 256, 3, bn),
+            up7=learned_upsample_relu(256, 256, bn),
+            up8=learned_upsample_relu(256, 128, bn),
+            density=nn.Conv2d(128, 1, 1),
         )
-        self.init_weights()
