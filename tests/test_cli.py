@@ -12,6 +12,7 @@ from tests.conftest import data_set
 from typer.testing import CliRunner
 
 from celltally.cli import app
+from celltally.data import load_dataset
 
 runner = CliRunner()
 
@@ -107,7 +108,7 @@ def test_unknown_model_is_a_one_line_error(samples_dir, tmp_path):
 
 def points_folder(tmp_path, n=4):
     """VGG cells images with their dots as y,x CSVs: the generic layout for users' data."""
-    from celltally.data import load_dataset, write_points_csv
+    from celltally.data import write_points_csv
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -188,3 +189,88 @@ def test_bad_training_settings_are_one_line_errors(tmp_path):
         result = run("train", "--data", folder, "--out", tmp_path / "run", "--set", setting)
         assert result.exit_code == 2 and problem in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_synth_writes_a_set_that_train_reads(tmp_path):
+    out = tmp_path / "set"
+    result = run("synth", "--out", out, "--n", 3, "--seed", 4, "--set", "radius=5")
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert list(manifest["image"]) == [f"synth_0000{i}.png" for i in range(3)]
+    samples = load_dataset(out, "points")
+    assert [s.name for s in samples] == [f"synth_0000{i}" for i in range(3)]
+    for sample, row in zip(samples, manifest.itertuples(), strict=True):
+        image, points = sample.load()
+        labels, mask = tifffile.imread(out / row.labels), imread(out / row.mask)
+        assert image.shape == (256, 256, 3)
+        assert len(points) == row.count == labels.max() == len(np.unique(labels)) - 1
+        assert ((mask > 0) == (labels > 0)).all()
+    assert json.loads((out / "synth.json").read_text())["config"]["radius"] == 5
+
+
+def test_synth_rejects_bad_settings(tmp_path):
+    result = run("synth", "--out", tmp_path / "set", "--set", "overlap=1.5")
+    assert result.exit_code == 2 and "overlap must be in [0, 1)" in result.stderr
+    result = run("synth", "--out", tmp_path / "set", "--preset", "bbbc006")
+    assert result.exit_code == 2 and "unknown synthetic preset 'bbbc006'" in result.stderr
+    assert not (tmp_path / "set").exists()
+
+
+def test_train_on_synthetic_images_then_fine_tune(tmp_path):
+    quick = ["--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "finetune_epochs=0"]
+    result = run(
+        "train",
+        "--data",
+        "vgg_cells",
+        "--format",
+        "synth",
+        "--out",
+        tmp_path / "synth_run",
+        "--n-train",
+        2,
+        "--n-val",
+        1,
+        *quick,
+        "--set",
+        "patch_size=64",
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "synth_run" / "model" / "config.json").read_text())["config"]
+    assert config["training"]["data"] == "synth:vgg_cells"
+    assert config["training"]["split"] == {
+        "train": ["synth_00000", "synth_00001"],
+        "val": ["synth_00002"],
+    }
+    folder = points_folder(tmp_path, n=2)
+    result = run(
+        "train",
+        "--data",
+        folder,
+        "--out",
+        tmp_path / "tuned",
+        "--n-train",
+        1,
+        "--n-val",
+        1,
+        "--init",
+        tmp_path / "synth_run",
+        *quick,
+    )
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())["config"]
+    assert tuned["training"]["settings"]["init"] == str(tmp_path / "synth_run")
+    result = run(
+        "train",
+        "--data",
+        folder,
+        "--out",
+        tmp_path / "wrong",
+        "--model",
+        "fcrn_b",
+        "--init",
+        tmp_path / "synth_run",
+        *quick,
+    )
+    assert (
+        result.exit_code == 2 and "has arch=fcrn_a; train with the same settings" in result.stderr
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -18,10 +17,19 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from celltally.config import parse_assignments, read_settings_file
 from celltally.data.datasets import FORMATS, load_dataset, resolve_data
 from celltally.data.images import find_images
 from celltally.data.points import atomic_write, write_points_csv
-from celltally.data.splits import fixed_test_split, protocol_split
+from celltally.data.splits import Split, fixed_test_split, protocol_split
+from celltally.data.synth import (
+    PRESETS,
+    SynthConfig,
+    preset,
+    synth_samples,
+    synth_settings,
+    write_set,
+)
 from celltally.errors import InputError
 from celltally.metrics import DETECTION_RADIUS
 from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
@@ -147,7 +155,12 @@ def train(
     data: Annotated[str, typer.Option(help="Data folder, or the name of a set in the data path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumed if it exists).")],
     fmt: Annotated[
-        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
+        str | None,
+        typer.Option(
+            "--format",
+            help=f"One of {', '.join(FORMATS)}, or 'synth' to train on simulated images (DATA is"
+            " then a preset or a synth.json; the images are generated, never stored).",
+        ),
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train.")] = "fcrn_a",
     n_train: Annotated[int, typer.Option(help="Training images drawn from the pool.")] = 32,
@@ -157,22 +170,25 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="A setting, e.g. --set epochs=20.")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="Fine-tune this trained model (bundled name, checkpoint or run)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch.")] = None,
 ) -> None:
     """Train a model on dot-annotated images (N training + N validation images, seeded)."""
     if threads:
         torch.set_num_threads(threads)
     try:
-        settings = _settings(config, set_ or [], arch=model, seed=seed)
-        root, fmt = resolve_data(data, fmt)
-        samples = load_dataset(root, fmt)
-        split = protocol_split(samples, fmt, n_train, n_val, seed)
+        given = {"arch": model, "seed": seed} | ({"init": init} if init else {})
+        settings = _settings(config, set_ or [], **given)
+        source, fmt, split = _training_split(data, fmt, n_train, n_val, seed)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    provenance = split.record(str(root.resolve()), fmt, seed)
+    provenance = split.record(source, fmt, seed)
     console.print(
-        f"training {model} on {len(split.train)} images, validating on {len(split.val)} ({root})"
+        f"training {model} on {len(split.train)} images, validating on {len(split.val)} ({source})"
     )
     try:
         trained = run_training(settings, split.train, split.val, out, provenance)
@@ -186,22 +202,67 @@ def train(
     )
 
 
+def _training_split(
+    data: str, fmt: str | None, n_train: int, n_val: int, seed: int
+) -> tuple[str, str, Split]:
+    """(where the data came from, its format, the seeded split) for a data folder or a synthetic
+    preset."""
+    if fmt == "synth":
+        label, synth_config = synth_settings(data)
+        samples = synth_samples(synth_config, n_train + n_val, seed, label)
+        return f"synth:{label}", fmt, Split(samples[:n_train], samples[n_train:], [])
+    root, fmt = resolve_data(data, fmt)
+    split = protocol_split(load_dataset(root, fmt), fmt, n_train, n_val, seed)
+    return str(root.resolve()), fmt, split
+
+
 def _settings(config: Path | None, assignments: list[str], **given) -> TrainConfig:
-    if config and not config.is_file():
-        raise InputError(config, "no such settings file")
-    values = json.loads(config.read_text()) if config else {}
-    names = {f.name for f in fields(TrainConfig)}
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep or key not in names:
-            raise ValueError(
-                f"--set {assignment!r}: expected NAME=VALUE with NAME one of {sorted(names)}"
-            )
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:  # a bare word, e.g. optimizer=sgd
-            values[key] = text
+    values = read_settings_file(config) | parse_assignments(TrainConfig, assignments)
     return TrainConfig.from_dict({**values, **given})
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    preset_name: Annotated[
+        str, typer.Option("--preset", help=f"One of {', '.join(PRESETS)}.")
+    ] = "vgg_cells",
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    seed: Annotated[int, typer.Option(help="The same seed gives byte-identical images.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of settings overriding the preset.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A setting, e.g. --set cluster_prob=0.5.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
+    """Simulate fluorescence images with exact dots, masks and counts (SIMCEP-style).
+
+    OUT gets <name>.png|.tif + <name>.csv (dots, the layout 'train --format points' reads),
+    labels/<name>.tif (instances), masks/<name>.png (foreground), manifest.csv and synth.json.
+    """
+    try:
+        overrides = read_settings_file(config) | parse_assignments(SynthConfig, set_ or [])
+        settings = preset(preset_name, **overrides)
+        if n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    started = time.perf_counter()
+    try:
+        jobs = write_set(settings, n, out, seed, workers)
+        rows = list(track(jobs, total=n, description="simulating"))
+    except ValueError as error:  # settings that cannot be simulated, e.g. too many cells
+        fail(str(error))
+        raise typer.Exit(1) from None
+    elapsed = time.perf_counter() - started
+    counts = np.array([row["count"] for row in rows])
+    console.print(
+        f"{n} images ({counts.mean():.1f} +- {counts.std():.1f} cells) in {elapsed:.1f} s"
+        f" ({n / elapsed:.1f} images/s); written to {out}"
+    )
 
 
 @app.command()

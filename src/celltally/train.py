@@ -17,7 +17,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file
 
+from celltally.config import from_dict as config_from_dict
 from celltally.data.datasets import Sample
 from celltally.data.images import to_channels
 from celltally.data.patches import PatchSampler
 from celltally.data.points import atomic_write
 from celltally.metrics import DETECTION_RADIUS, count_metrics
-from celltally.models import CountingModel, create_model, save_model
+from celltally.models import CountingModel, create_model, load_model, save_model
 from celltally.models.io import WEIGHTS_FILE, versions
 from celltally.predict import choose_peak_threshold
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, density_map
@@ -72,6 +73,9 @@ class TrainConfig:
         seed: seeds patch sampling and initialisation.
         detection_radius: pixels; used to choose the peak threshold on validation data.
         time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
+        init: start from the weights of this trained model (bundled name, checkpoint or run
+            folder) instead of a random initialisation, to fine-tune it on new data; it must
+            have the same ``arch``, ``in_channels`` and ``batch_norm``.
     """
 
     arch: str = "fcrn_a"
@@ -97,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     detection_radius: float = DETECTION_RADIUS
     time_budget: float | None = None
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -110,26 +115,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        defaults = {f.name: f.default for f in fields(cls)}
-        if unknown := set(values) - set(defaults):
-            raise ValueError(
-                f"unknown training settings {sorted(unknown)}; valid: {sorted(defaults)}"
-            )
-        for name, value in values.items():
-            values[name] = _checked(name, value, defaults[name])
-        return cls(**values)
-
-
-def _checked(name: str, value: Any, default: Any) -> Any:
-    """``value`` if it has the type of the setting's default (ints pass as floats)."""
-    if default is None and value is None:
-        return value
-    expected = float if default is None else type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ValueError(f"setting {name} must be of type {expected.__name__}, got {value!r}")
-    return value
+        """Build from a dict (JSON settings), checking names and types."""
+        return config_from_dict(cls, values)
 
 
 @dataclass
@@ -161,6 +148,8 @@ def train(
         sigma=config.sigma,
         scale=config.scale,
     )
+    if config.init is not None:
+        _start_from(model, config.init)
     train_data = _load(train_samples, config.in_channels)
     val_images, val_points = _load(val_samples, config.in_channels)
     patch = min(config.patch_size, *(min(im.shape[:2]) for im in train_data[0]))
@@ -213,10 +202,22 @@ def train(
     return _finish(out, config, (val_images, val_points), state, provenance or {})
 
 
+def _start_from(model: CountingModel, source: str) -> None:
+    """Copy the weights of a trained model with the same architecture into ``model``."""
+    trained = load_model(source)
+    differ = [
+        name
+        for name in ("arch", "in_channels", "batch_norm")
+        if getattr(trained.config, name) != getattr(model.config, name)
+    ]
+    if differ:
+        found = ", ".join(f"{name}={getattr(trained.config, name)}" for name in differ)
+        raise ValueError(f"init model {source} has {found}; train with the same settings")
+    model.load_state_dict(trained.state_dict())
+
+
 def _finish(out, config, val_data, state, provenance) -> CountingModel:
     """Reload the best model, choose its peak threshold on validation data, record provenance."""
-    from celltally.models import load_model
-
     started = time.perf_counter()
     model = load_model(out / "model")
     val_images, val_points = val_data

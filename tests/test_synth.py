@@ -1,0 +1,126 @@
+"""The SIMCEP-style generator: exact ground truth, determinism, parameters that do what they say."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from celltally.data.synth import PRESETS, SynthConfig, generate, preset, synth_samples, write_set
+
+EXPECTED = {  # preset: (image shape, dtype, count range)
+    "vgg_cells": ((256, 256, 3), np.uint8, (50, 350)),
+    "bbbc005": ((520, 696, 3), np.uint8, (1, 100)),
+    "nuclei": ((512, 512, 1), np.uint16, (0, 100_000)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_dots_counts_and_instances_agree(name):
+    config = preset(name)
+    for index in range(3):
+        synth = generate(config, seed=7, index=index)
+        ids = np.unique(synth.labels)
+        assert synth.count == len(synth.points) == len(ids[ids > 0]) == synth.labels.max()
+        rows, cols = np.round(synth.points).astype(int).T
+        assert (synth.labels[rows, cols] == np.arange(1, synth.count + 1)).all()
+        assert (synth.mask == (synth.labels > 0)).all()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_shapes_dtypes_and_ranges(name):
+    shape, dtype, (low, high) = EXPECTED[name]
+    for index in range(3):
+        synth = generate(preset(name), seed=3, index=index)
+        assert synth.image.shape == shape and synth.image.dtype == dtype
+        assert synth.labels.shape == shape[:2]
+        assert low <= synth.count <= high
+        assert synth.image.max() > 0.5 * np.iinfo(dtype).max  # uses the range...
+        assert np.percentile(synth.image, 1) < 0.2 * np.iinfo(dtype).max  # ...and has background
+
+
+def test_vgg_preset_is_blue_like_vgg_cells():
+    image = generate(preset("vgg_cells"), seed=0, index=0).image
+    assert image[:, :, :2].max() <= 12  # the real set: R, G <= 9
+    assert image[:, :, 2].mean() > 10 * image[:, :, :2].mean()
+
+
+def test_bbbc005_has_body_and_nuclei_stains():
+    synth = generate(preset("bbbc005"), seed=0, index=0)
+    body, nuclei = synth.image[:, :, 1].astype(float), synth.image[:, :, 2].astype(float)
+    assert (body[synth.mask] > 0).mean() > 0.9
+    # nuclei are smaller than bodies: a smaller bright area, but inside the cells
+    assert (nuclei > nuclei.max() / 2).sum() < (body > body.max() / 2).sum()
+    assert nuclei[synth.mask].mean() > 2 * nuclei[~synth.mask].mean()
+
+
+def test_same_seed_same_image_other_seed_other_image():
+    config = preset("vgg_cells")
+    first, again = generate(config, 5, 2), generate(config, 5, 2)
+    assert np.array_equal(first.image, again.image)
+    assert np.array_equal(first.points, again.points)
+    assert np.array_equal(first.labels, again.labels)
+    assert not np.array_equal(first.image, generate(config, 6, 2).image)
+
+
+def test_written_sets_are_byte_identical_whatever_the_workers(tmp_path):
+    config = preset("vgg_cells")
+    list(write_set(config, 4, tmp_path / "a", seed=1, workers=1))
+    list(write_set(config, 4, tmp_path / "b", seed=1, workers=2))
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert len(files) == 4 * 4 + 2
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def _sharpness(image: np.ndarray) -> float:
+    """Mean absolute Laplacian of the image (channels summed): high for sharp edges."""
+    return float(np.abs(ndimage.laplace(image.sum(axis=2, dtype=float))).mean())
+
+
+def test_more_blur_gives_smoother_images():
+    quiet = {"photons": None, "read_noise": 0.0, "cell_blur": 0.0}
+    sharp = generate(preset("nuclei", blur=(0.5, 0.5), **quiet), 0, 0).image
+    soft = generate(preset("nuclei", blur=(3.0, 3.0), **quiet), 0, 0).image
+    assert _sharpness(soft) < 0.5 * _sharpness(sharp)
+    in_focus = generate(preset("bbbc005", focus=(1, 1), **quiet), 0, 0).image
+    defocused = generate(preset("bbbc005", focus=(48, 48), **quiet), 0, 0).image
+    assert _sharpness(defocused) < 0.3 * _sharpness(in_focus)
+
+
+def _nearest_neighbour_distance(points: np.ndarray) -> float:
+    distance = np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1))
+    np.fill_diagonal(distance, np.inf)
+    return float(distance.min(axis=1).mean())
+
+
+def test_clustering_brings_cells_together():
+    spread, clumped = [], []
+    for index in range(4):
+        spread.append(generate(preset("bbbc005", cluster_prob=0.0), 0, index).points)
+        clumped.append(generate(preset("bbbc005", cluster_prob=1.0), 0, index).points)
+    assert [len(p) for p in spread] == [len(p) for p in clumped]  # same counts, other layout
+    ratio = np.mean([_nearest_neighbour_distance(p) for p in clumped]) / np.mean(
+        [_nearest_neighbour_distance(p) for p in spread]
+    )
+    assert ratio < 0.5
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="radius must be at least 1"):
+        preset("vgg_cells", radius=0.5)
+    with pytest.raises(ValueError, match="count_range must be a list of 2"):
+        SynthConfig.from_dict({"count_range": [5]})
+    with pytest.raises(ValueError, match="unknown settings"):
+        SynthConfig.from_dict({"radious": 4})
+    with pytest.raises(ValueError, match="cannot place"):
+        generate(preset("vgg_cells", count_range=(2000, 2000), count_mean=None), 0, 0)
+
+
+def test_synth_samples_load_like_files():
+    config = preset("vgg_cells")
+    sample = synth_samples(config, 3, seed=2)[1]
+    image, points = sample.load()
+    synth = generate(config, 2, 1)
+    assert image.dtype == np.float32 and np.array_equal(image, synth.image.astype(np.float32))
+    assert np.array_equal(points, synth.points) and np.array_equal(sample.read_points(), points)
