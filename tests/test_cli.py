@@ -216,6 +216,7 @@ def test_synth_rejects_bad_settings(tmp_path):
     assert not (tmp_path / "set").exists()
 
 
+@pytest.mark.slow
 def test_train_on_synthetic_images_then_fine_tune(tmp_path):
     quick = ["--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "finetune_epochs=0"]
     result = run(
@@ -265,6 +266,10 @@ def test_train_on_synthetic_images_then_fine_tune(tmp_path):
         folder,
         "--out",
         tmp_path / "wrong",
+        "--n-train",
+        1,
+        "--n-val",
+        1,
         "--model",
         "fcrn_b",
         "--init",

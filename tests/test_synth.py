@@ -124,3 +124,10 @@ def test_synth_samples_load_like_files():
     synth = generate(config, 2, 1)
     assert image.dtype == np.float32 and np.array_equal(image, synth.image.astype(np.float32))
     assert np.array_equal(points, synth.points) and np.array_equal(sample.read_points(), points)
+
+
+def test_nuclei_density_sets_the_count():
+    for density in (1.0, 5.0):
+        counts = [generate(preset("nuclei", density=density), 0, i).count for i in range(3)]
+        expected = density * 512 * 512 / 1e4  # Poisson: within 4 standard deviations
+        assert all(abs(c - expected) < 4 * np.sqrt(expected) for c in counts), counts
