@@ -47,7 +47,6 @@ from celltally.errors import InputError
 
 N_HARMONICS = 3  # boundary deformation: harmonics 2..4 of the angle
 DEFOCUS_LEVELS = 4  # per-cell defocus is rendered in this many blur layers
-MANIFEST = "manifest.csv"
 
 
 @dataclass(frozen=True)
@@ -152,10 +151,6 @@ class SynthConfig:
     def from_dict(cls, values: dict[str, Any]) -> SynthConfig:
         """Build from a dict (JSON settings), checking names and types."""
         return from_dict(cls, values)
-
-    def replace(self, **changes: Any) -> SynthConfig:
-        """A copy with some settings changed (checked like ``from_dict``)."""
-        return from_dict(type(self), {**dataclasses.asdict(self), **changes})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -520,7 +515,7 @@ def write_set(
             yield row
     record = {"seed": seed, "n": n, "config": dataclasses.asdict(config)}
     atomic_write(out / "synth.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
-    atomic_write(out / MANIFEST, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+    atomic_write(out / "manifest.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
 @dataclass(frozen=True)
