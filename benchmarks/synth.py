@@ -3,6 +3,9 @@
 - ``benchmarks/synth_vs_vgg.png``: generated ``vgg_cells`` images beside real VGG cells (blue
   channel, same grey scale), and histograms of the per-image count and of pixel intensity for
   all 200 real images and 200 generated ones.
+- Statistics the ``vgg_cells`` preset was fitted to, real against generated (the
+  ``synth-statistics`` section): spacing of the cells, contrast of single cells and of
+  overlapping pairs, background level against count, fine background texture.
 - Speed: images/s of ``write_set`` (generation + writing image, dots, labels, mask) for the
   ``vgg_cells`` and ``bbbc005`` presets, with all cores; the ``synth-speed`` section of RESULTS.md.
 
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from celltally.data import default_data_root, load_dataset
 from celltally.data.images import read_image
@@ -33,7 +38,7 @@ def figure(data: Path, n: int = 200) -> None:
     real = load_dataset(data, "vgg_cells")[:n]
     real_images = [read_image(s.image_path)[:, :, 2] for s in real]
     real_counts = [len(s.read_points()) for s in real]
-    synth = [generate(preset("vgg_cells"), 0, i) for i in range(n)]
+    synth = list(_generated(n))
     synth_images = [s.image[:, :, 2].astype(np.float32) for s in synth]
     synth_counts = [s.count for s in synth]
 
@@ -80,6 +85,72 @@ def figure(data: Path, n: int = 200) -> None:
     fig.savefig(FIGURE, dpi=80)
 
 
+def statistics(data: Path, n: int = 100) -> str:
+    """Real VGG cells 101-200 against ``n`` generated images, blue channel, grey levels."""
+    real = [s.load() for s in load_dataset(data, "vgg_cells")[100 : 100 + n]]
+    synth = [(g.image.astype(np.float32), g.points) for g in _generated(n)]
+    rows = [_image_statistics(real), _image_statistics(synth)]
+    lines = [
+        "### Synthetic `vgg_cells` preset against real VGG cells: the fitted statistics",
+        "",
+        "Command: `python benchmarks/synth.py` (real: VGG cells 101-200; generated: seed 0, 100"
+        " images; blue channel, grey levels 0-255; contrast = centre pixel after a 1-px Gaussian"
+        " minus the median background further than 12 px from every dot)",
+        "",
+        "| images | cells | nearest neighbour p10 / p50 (px) | neighbour < 6 px"
+        " | single-cell contrast p10 / p50 / p90 | contrast of pairs < 3 px apart"
+        " | background = a + b x count | background texture (0.7-3 px) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in zip(("real", "generated"), rows, strict=True):
+        lines.append(
+            f"| {label} | {r['cells']} | {r['nn10']:.1f} / {r['nn50']:.1f} | {r['close']:.0%}"
+            f" | {r['c10']:.0f} / {r['c50']:.0f} / {r['c90']:.0f} | {r['pair']:.0f}"
+            f" | {r['a']:.1f} + {r['b']:.3f} x count | {r['texture']:.2f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def _generated(n: int):
+    return (generate(preset("vgg_cells"), 0, i) for i in range(n))
+
+
+def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    nearest, single, pairs, background, counts, texture = [], [], [], [], [], []
+    for image, points in items:
+        blue = image[:, :, 2].astype(float)
+        smooth = ndimage.gaussian_filter(blue, 1)
+        far = np.ones(blue.shape, bool)
+        far[tuple(np.round(points).astype(int).T)] = False
+        far = ndimage.distance_transform_edt(far) > 12
+        level = np.median(smooth[far])
+        distance = cKDTree(points).query(points, 3)[0]
+        centre = np.round(points).astype(int)
+        contrast = smooth[centre[:, 0], centre[:, 1]] - level
+        nearest.append(distance[:, 1])
+        single.append(contrast[distance[:, 1] > 14])
+        pairs.append(contrast[(distance[:, 1] < 3) & (distance[:, 2] > 10)])
+        background.append(level)
+        counts.append(len(points))
+        band = ndimage.gaussian_filter(blue, 0.7) - ndimage.gaussian_filter(blue, 3)
+        texture.append(band[far].std())
+    nearest, single = np.concatenate(nearest), np.concatenate(single)
+    slope, intercept = np.polyfit(counts, background, 1)
+    return {
+        "cells": f"{np.mean(counts):.0f} +- {np.std(counts):.0f}",
+        "nn10": np.percentile(nearest, 10),
+        "nn50": np.median(nearest),
+        "close": (nearest < 6).mean(),
+        "c10": np.percentile(single, 10),
+        "c50": np.median(single),
+        "c90": np.percentile(single, 90),
+        "pair": np.median(np.concatenate(pairs)),
+        "a": intercept,
+        "b": slope,
+        "texture": np.mean(texture),
+    }
+
+
 def speed(n: int, workers: int) -> str:
     lines = [
         "### Synthetic generator speed",
@@ -114,6 +185,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     args = parser.parse_args()
     figure(args.data)
+    text = statistics(args.data)
+    write_section("synth-statistics", text)
+    print(text)
     text = speed(args.n, args.workers)
     write_section("synth-speed", text)
     print(text)

@@ -27,7 +27,7 @@ from celltally.train import TrainConfig, train
 from results import write_section
 
 SYNTH_SETTINGS = {"epochs": 16, "lr_step": 7, "finetune_epochs": 2}
-FINETUNE_SETTINGS = {"epochs": 4, "lr": 1e-4, "lr_step": 2, "finetune_epochs": 2}
+FINETUNE_SETTINGS = {"epochs": 6, "lr": 1e-4, "lr_step": 3, "finetune_epochs": 2}
 
 
 def measured(model, test, extra: dict) -> dict:

@@ -25,6 +25,17 @@ def test_dots_counts_and_instances_agree(name):
         assert (synth.mask == (synth.labels > 0)).all()
 
 
+def test_nearly_coincident_cells_keep_their_own_dot_and_label():
+    config = preset(
+        "vgg_cells", overlap=0.99, cluster_prob=0.8, count_range=(300, 300), count_mean=None
+    )
+    synth = generate(config, 0, 0)
+    distance = np.hypot(*(synth.points[:, None] - synth.points[None]).transpose(2, 0, 1))
+    np.fill_diagonal(distance, np.inf)
+    assert 1.4 < distance.min() < 2.5  # as close as allowed, no closer
+    assert len(np.unique(synth.labels)) == 301
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_shapes_dtypes_and_ranges(name):
     shape, dtype, (low, high) = EXPECTED[name]
@@ -88,6 +99,43 @@ def test_more_blur_gives_smoother_images():
     assert _sharpness(defocused) < 0.3 * _sharpness(in_focus)
 
 
+def test_dome_sets_how_much_brighter_cell_centres_are():
+    plain = dict(photons=None, read_noise=0.0, blur=(0.0, 0.0), cell_blur=0.0, texture=0.0)
+    plain |= dict(background=0.0, illumination=0.0, intensity_std=0.0, overlap=0.0)
+
+    def centre_over_mean(dome: float) -> float:
+        synth = generate(preset("nuclei", dome=dome, **plain), 0, 0)
+        image = synth.image[:, :, 0].astype(float)
+        rows, cols = np.round(synth.points).astype(int).T
+        return float(image[rows, cols].mean() / image[synth.mask].mean())
+
+    assert centre_over_mean(0.0) == pytest.approx(1.0, abs=0.01)  # flat discs
+    assert centre_over_mean(1.0) > 1.3  # a sphere's thickness: the mean is 2/3 of the centre
+
+
+def test_jitter_varies_the_look_from_image_to_image_only():
+    def spread(jitter: float) -> tuple[float, list[int]]:
+        images = [generate(preset("vgg_cells", jitter=jitter), 0, i) for i in range(8)]
+        backgrounds = [np.median(g.image[:, :, 2][~g.mask]) for g in images]
+        return float(np.std(backgrounds) / np.mean(backgrounds)), [g.count for g in images]
+
+    steady, counts = spread(0.0)
+    varied, varied_counts = spread(0.5)
+    assert varied > 2 * steady
+    assert len(varied_counts) == len(counts) and min(varied_counts) >= 50  # counts still valid
+
+
+def test_background_texture_adds_fine_blotches_to_the_background():
+    def fine_background(amount: float) -> float:
+        config = preset("vgg_cells", background_texture=amount, photons=None, read_noise=0.0)
+        synth = generate(config, 0, 0)
+        blue = synth.image[:, :, 2].astype(float)
+        fine = blue - ndimage.gaussian_filter(blue, 3)
+        return float(fine[ndimage.distance_transform_edt(~synth.mask) > 10].std())
+
+    assert fine_background(0.2) > 2 * fine_background(0.0)
+
+
 def _nearest_neighbour_distance(points: np.ndarray) -> float:
     distance = np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1))
     np.fill_diagonal(distance, np.inf)
@@ -114,7 +162,8 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="unknown settings"):
         SynthConfig.from_dict({"radious": 4})
     with pytest.raises(ValueError, match="cannot place"):
-        generate(preset("vgg_cells", count_range=(2000, 2000), count_mean=None), 0, 0)
+        crowded = {"count_range": (2000, 2000), "count_mean": None, "overlap": 0.0}
+        generate(preset("vgg_cells", **crowded), 0, 0)
 
 
 def test_synth_samples_load_like_files():

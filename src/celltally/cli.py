@@ -1,4 +1,4 @@
-"""The ``celltally`` command line: count, train, evaluate, models."""
+"""The ``celltally`` command line: count, train, synth, evaluate, benchmark, models."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from celltally.benchmark import BenchmarkConfig, run_benchmark
 from celltally.config import parse_assignments, read_settings_file
-from celltally.data.datasets import FORMATS, load_dataset, resolve_data
+from celltally.data.datasets import FORMATS, default_channels, load_dataset, resolve_data
 from celltally.data.images import find_images
 from celltally.data.points import atomic_write, write_points_csv
-from celltally.data.splits import Split, fixed_test_split, protocol_split
+from celltally.data.splits import VGG_POOL_SIZE, Split, protocol_split
 from celltally.data.synth import (
     PRESETS,
     SynthConfig,
@@ -166,6 +167,10 @@ def train(
     n_train: Annotated[int, typer.Option(help="Training images drawn from the pool.")] = 32,
     n_val: Annotated[int, typer.Option(help="Validation images drawn from the pool.")] = 32,
     seed: Annotated[int, typer.Option(help="Seeds the split, sampling and initialisation.")] = 0,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="lempitsky (VGG cells, the default there) or countception."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of training settings.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="A setting, e.g. --set epochs=20.")
@@ -181,8 +186,9 @@ def train(
         torch.set_num_threads(threads)
     try:
         given = {"arch": model, "seed": seed} | ({"init": init} if init else {})
-        settings = _settings(config, set_ or [], **given)
-        source, fmt, split = _training_split(data, fmt, n_train, n_val, seed)
+        channels = default_channels(fmt if fmt == "synth" else resolve_data(data, fmt)[1])
+        settings = _settings(config, set_ or [], channels, **given)
+        source, fmt, split = _training_split(data, fmt, n_train, n_val, seed, protocol)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
@@ -203,7 +209,7 @@ def train(
 
 
 def _training_split(
-    data: str, fmt: str | None, n_train: int, n_val: int, seed: int
+    data: str, fmt: str | None, n_train: int, n_val: int, seed: int, protocol: str | None
 ) -> tuple[str, str, Split]:
     """(where the data came from, its format, the seeded split) for a data folder or a synthetic
     preset."""
@@ -212,13 +218,15 @@ def _training_split(
         samples = synth_samples(synth_config, n_train + n_val, seed, label)
         return f"synth:{label}", fmt, Split(samples[:n_train], samples[n_train:], [])
     root, fmt = resolve_data(data, fmt)
-    split = protocol_split(load_dataset(root, fmt), fmt, n_train, n_val, seed)
+    split = protocol_split(load_dataset(root, fmt), fmt, n_train, n_val, seed, protocol)
     return str(root.resolve()), fmt, split
 
 
-def _settings(config: Path | None, assignments: list[str], **given) -> TrainConfig:
+def _settings(
+    config: Path | None, assignments: list[str], in_channels: int, **given
+) -> TrainConfig:
     values = read_settings_file(config) | parse_assignments(TrainConfig, assignments)
-    return TrainConfig.from_dict({**values, **given})
+    return TrainConfig.from_dict({"in_channels": in_channels, **values, **given})
 
 
 @app.command()
@@ -310,9 +318,8 @@ def _evaluation_set(samples, fmt: str, subset: str, training: dict) -> list:
         return samples
     if subset != "test":
         raise ValueError(f"--subset must be 'test' or 'all', not '{subset}'")
-    _, test = fixed_test_split(samples, fmt)
-    if test:
-        return test
+    if fmt == "vgg_cells" and training.get("protocol", "lempitsky") == "lempitsky":
+        return samples[VGG_POOL_SIZE:]  # the fixed test set, 101-200
     seen = set(training.get("split", {}).get("train", [])) | set(
         training.get("split", {}).get("val", [])
     )
@@ -340,6 +347,100 @@ def _print_evaluation(result: dict) -> None:
     )
     console.print(view)
     console.print(f"detection: one-to-one matches within {d['radius']:g} px")
+
+
+@app.command()
+def benchmark(
+    data: Annotated[str, typer.Option(help="Data folder, or the name of a set in the data path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Benchmark folder (resumed).")],
+    n: Annotated[
+        list[int] | None, typer.Option("--n", help="Training-set size N; repeat for several.")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated models and baselines (mean, segmentation).")
+    ] = "mean,segmentation,fcrn_a",
+    draws: Annotated[int, typer.Option(help="Random draws per N (seeds 0..draws-1).")] = 5,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="lempitsky (VGG cells), countception, or file (given --split-file)."),
+    ] = None,
+    split_file: Annotated[
+        Path | None, typer.Option(help='JSON {"train": [...], "val": [...], "test": [...]}.')
+    ] = None,
+    test_size: Annotated[
+        int | None, typer.Option(help="countception test-set size (default per data set).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="JSON training settings; a key naming a method holds its own."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A training setting, e.g. --set epochs=8.")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds of training per network and draw.")
+    ] = None,
+    radius: Annotated[
+        float, typer.Option(help="Detection match radius in pixels.")
+    ] = DETECTION_RADIUS,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch.")] = None,
+) -> None:
+    """Reproduce the papers' tables: MAE +- std over draws for methods x N, published beside.
+
+    OUT gets records/ (one JSON per method, N and draw: split, settings, per-image counts),
+    runs/ (trained networks), summary.csv, table.md and mae_vs_n.png. Finished draws are kept.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings = read_settings_file(config) | parse_assignments(TrainConfig, set_ or [])
+        spec = BenchmarkConfig(
+            data=data,
+            fmt=fmt,
+            protocol=protocol or ("file" if split_file else None),
+            split_file=str(split_file) if split_file else None,
+            test_size=test_size,
+            n=tuple(n or [32]),
+            draws=draws,
+            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            settings=settings,
+            time_budget=time_budget,
+            radius=radius,
+        )
+        summary = run_benchmark(spec, out, on_record=_print_record)
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    _print_summary(summary, out)
+
+
+def _print_record(record: dict) -> None:
+    console.print(
+        f"{record['method']} N={record['n']} seed {record['seed']}: test MAE"
+        f" {record['count']['mae']:.2f} on {len(record['images'])} images"
+        f" ({record['train_time_s']:.0f} s training)"
+    )
+
+
+def _print_summary(summary: pd.DataFrame, out: Path) -> None:
+    view = Table(title=f"test MAE, mean +- std over draws ({out})")
+    for column in ("method", "N", "draws", "MAE", "RMSE", "F1", "train time"):
+        view.add_column(column, justify="left" if column == "method" else "right")
+    for r in summary.itertuples():
+        view.add_row(
+            r.method,
+            str(r.n),
+            str(r.draws),
+            f"{r.mae:.2f} +- {r.mae_std:.2f}",
+            f"{r.rmse:.2f}",
+            "-" if np.isnan(r.f1) else f"{r.f1:.3f}",
+            f"{r.train_time_s:.0f} s",
+        )
+    console.print(view)
+    console.print(f"tables in {out / 'table.md'}, plot in {out / 'mae_vs_n.png'}")
 
 
 @app.command()

@@ -95,28 +95,37 @@ class ImageResult:
         return str(self.source) if self.page is None else f"{self.source}#{self.page}"
 
 
-def evaluate(model: CountingModel, samples: list, radius: float) -> dict:
+def evaluate(model, samples: list, radius: float) -> dict:
     """Count and detection metrics of ``model`` on annotated ``samples``, with per-image rows
-    and the inference speed (images/s, reading excluded)."""
+    and the inference speed (images/s, reading excluded). ``model`` is a ``CountingModel`` or
+    anything with ``count(image)`` and, for detection metrics, ``points(image)``."""
     rows, found, truth, seconds = [], [], [], 0.0
     for sample in samples:
         image, points = sample.load()
         started = time.perf_counter()
-        density = model.predict_map(image, source=str(sample.image_path))
+        count, centres = _count_and_points(model, image, str(sample.image_path))
         seconds += time.perf_counter() - started
-        found.append(model.peaks(density))
+        found.append(centres)
         truth.append(points)
-        count = model.count_from_map(density)
+        n_points = None if centres is None else len(centres)
         rows.append(
-            {"image": sample.name, "true": len(points), "count": count, "n_points": len(found[-1])}
+            {"image": sample.name, "true": len(points), "count": count, "n_points": n_points}
         )
+    detects = all(centres is not None for centres in found)
     return {
         "n_images": len(rows),
         "count": count_metrics([r["true"] for r in rows], [r["count"] for r in rows]),
-        "detection": detection_metrics(found, truth, radius),
+        "detection": detection_metrics(found, truth, radius) if detects else None,
         "images_per_s": len(rows) / max(seconds, 1e-9),
         "images": rows,
     }
+
+
+def _count_and_points(model, image: np.ndarray, source: str) -> tuple[float, np.ndarray | None]:
+    if hasattr(model, "predict_map"):  # a network: one forward pass for both
+        density = model.predict_map(image, source=source)
+        return model.count_from_map(density), model.peaks(density)
+    return model.count(image), (model.points(image) if hasattr(model, "points") else None)
 
 
 def count_file(model: CountingModel, path: Path) -> list[ImageResult]:

@@ -27,6 +27,11 @@ FORMATS = ("vgg_cells", "mbm", "adipocyte", "points")
 ADIPOCYTE_DOT_THRESHOLD = 100.0
 
 
+def default_channels(fmt: str) -> int:
+    """Input channels a network should see: 3 for colour histology, 1 for fluorescence."""
+    return 3 if fmt in ("mbm", "adipocyte") else 1
+
+
 def default_data_root() -> Path:
     """The folder holding the public sets: ``$CELLTALLY_DATA`` or ``../shared/data``."""
     return Path(os.environ.get("CELLTALLY_DATA", "../shared/data"))

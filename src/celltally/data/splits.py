@@ -1,21 +1,32 @@
-"""Train / validation / test splits of the standard counting protocol (Lempitsky & Zisserman 2010).
+"""Train / validation / test splits of the published counting protocols.
 
-N training and N validation images are drawn at random from a training pool; the test set is
-fixed. For VGG cells the pool is images 001-100 and the test set 101-200; for other sets the test
-set is every image not drawn. Samples sharing a ``group`` (the quadrants of one MBM source image)
-are drawn one after another, so a group is cut at most where one part of the split ends.
+All follow Lempitsky & Zisserman (2010): N training and N validation images drawn at random with a
+seed, MAE on a test set, mean +- std over several draws. They differ in the test set:
+
+- ``lempitsky`` (VGG cells; Lempitsky 2010, Xie 2016): training pool 001-100, test 101-200.
+- ``countception`` (Cohen 2017): all images shuffled with the seed; the first N train, the next N
+  validate, the last ``test_size`` test (default: a dataset's fixed size, else all the rest).
+- ``file``: the user's own split, a JSON file ``{"train": [names], "val": [...], "test": [...]}``.
+
+Samples sharing a ``group`` (the quadrants of one MBM source image) are shuffled as one unit, so a
+group is cut at most where one part of the split ends.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from celltally.data.datasets import Sample
 from celltally.errors import InputError
 
+PROTOCOLS = ("lempitsky", "countception", "file")
 VGG_POOL_SIZE = 100
+TEST_SIZE = {"vgg_cells": 100, "adipocyte": 100}  # countception: fixed test sets (Cohen 2017)
+PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -23,9 +34,10 @@ class Split:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+    protocol: str = "countception"
 
     def names(self) -> dict[str, list[str]]:
-        return {part: [s.name for s in getattr(self, part)] for part in ("train", "val", "test")}
+        return {part: [s.name for s in getattr(self, part)] for part in PARTS}
 
     def record(self, data: str, fmt: str, seed: int) -> dict:
         """Where a model's training data came from, for its config."""
@@ -33,45 +45,83 @@ class Split:
         return {
             "data": data,
             "format": fmt,
-            "protocol": "lempitsky" if fmt == "vgg_cells" else "random",
+            "protocol": self.protocol,
             "seed": seed,
             "split": {"train": names["train"], "val": names["val"]},
         }
 
 
+def default_protocol(fmt: str) -> str:
+    return "lempitsky" if fmt == "vgg_cells" else "countception"
+
+
 def protocol_split(
-    samples: list[Sample], fmt: str, n_train: int, n_val: int, seed: int = 0
+    samples: list[Sample],
+    fmt: str,
+    n_train: int,
+    n_val: int,
+    seed: int = 0,
+    protocol: str | None = None,
+    test_size: int | None = None,
 ) -> Split:
-    """Draw ``n_train`` + ``n_val`` samples from the training pool of ``fmt`` with ``seed``."""
-    pool, test = fixed_test_split(samples, fmt)
-    drawn = _draw_groups(pool, n_train + n_val, seed)
-    train, val = drawn[:n_train], drawn[n_train:]
-    if fmt != "vgg_cells":
-        taken = {s.name for s in drawn}
-        test = [s for s in samples if s.name not in taken]
-    return Split(train, val, test)
+    """Draw ``n_train`` + ``n_val`` samples with ``seed`` under ``protocol`` (default:
+    ``lempitsky`` for VGG cells, else ``countception``). ``test_size`` overrides the
+    ``countception`` test-set size."""
+    protocol = protocol or default_protocol(fmt)
+    if protocol == "lempitsky":
+        if fmt != "vgg_cells":
+            raise ValueError(
+                f"the lempitsky protocol is defined for vgg_cells (train pool 001-100, test"
+                f" 101-200), not {fmt}; use --protocol countception or a split file"
+            )
+        pool, test = samples[:VGG_POOL_SIZE], samples[VGG_POOL_SIZE:]
+        _check_size(n_train + n_val, len(pool))
+        drawn = _shuffled(pool, seed)
+        return Split(drawn[:n_train], drawn[n_train : n_train + n_val], test, protocol)
+    if protocol != "countception":
+        raise ValueError(f"unknown protocol '{protocol}'; choose lempitsky or countception")
+    if test_size is None:
+        rest = max(len(samples) - n_train - n_val, 0)
+        test_size = min(rest, TEST_SIZE.get(fmt, rest))
+    _check_size(n_train + n_val + test_size, len(samples))
+    shuffled = _shuffled(samples, seed)
+    test = shuffled[len(shuffled) - test_size :] if test_size else []
+    return Split(shuffled[:n_train], shuffled[n_train : n_train + n_val], test, protocol)
 
 
-def fixed_test_split(samples: list[Sample], fmt: str) -> tuple[list[Sample], list[Sample]]:
-    """(training pool, fixed test set): VGG cells 001-100 / 101-200; otherwise (all, [])."""
-    if fmt == "vgg_cells":
-        return samples[:VGG_POOL_SIZE], samples[VGG_POOL_SIZE:]
-    return samples, []
+def split_from_file(samples: list[Sample], path: str | Path) -> Split:
+    """The split named in a JSON file: ``{"train": [...], "val": [...], "test": [...]}`` (a
+    benchmark record, whose ``split`` holds these lists, works too)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(path, f"cannot read the split file: {error}") from None
+    names = record.get("split", record) if isinstance(record, dict) else None
+    if not isinstance(names, dict) or not names.get("train"):
+        raise InputError(path, 'a split file needs {"train": [names], "val": [...], "test": [...]}')
+    by_name = {s.name: s for s in samples}
+    unknown = [n for part in PARTS for n in names.get(part, []) if n not in by_name]
+    if unknown:
+        raise InputError(path, f"images not in the data set: {', '.join(unknown[:5])}")
+    listed = [n for part in PARTS for n in names.get(part, [])]
+    if len(set(listed)) < len(listed):
+        raise InputError(path, "an image is listed twice (in two parts of the split?)")
+    parts = [[by_name[n] for n in names.get(part, [])] for part in PARTS]
+    return Split(*parts, protocol="file")
 
 
-def _draw_groups(pool: list[Sample], n: int, seed: int) -> list[Sample]:
-    """Draw ``n`` samples, whole groups in random order (the last one may be cut)."""
-    if n > len(pool):
+def _check_size(needed: int, available: int) -> None:
+    if needed > available:
         raise InputError(
-            None, f"asked for {n} training + validation images, the pool has {len(pool)}"
+            None,
+            f"the split needs {needed} images (train + validation + test), the set has {available}",
         )
+
+
+def _shuffled(samples: list[Sample], seed: int) -> list[Sample]:
+    """The samples in a random order fixed by ``seed``, each group kept together."""
     groups: dict[str, list[Sample]] = {}
-    for sample in pool:
+    for sample in samples:
         groups.setdefault(sample.group or sample.name, []).append(sample)
     order = np.random.default_rng(seed).permutation(sorted(groups))
-    drawn: list[Sample] = []
-    for key in order:
-        drawn += groups[key]
-        if len(drawn) >= n:
-            break
-    return drawn[:n]
+    return [sample for key in order for sample in groups[key]]

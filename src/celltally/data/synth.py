@@ -9,11 +9,12 @@ BBBC005 sets:
    to ``overlap`` of their summed radii: this makes the clumps of real cultures.
 2. *Shapes.* Each cell body is an ellipse (random elongation and orientation) whose boundary is
    deformed by random low-order harmonics; the nucleus is the same shape shrunk by
-   ``nucleus_ratio``. Intensity inside is a dome (the projected thickness of a sphere) times a
-   smooth random texture, times a per-cell brightness.
-3. *Measurement.* Focal blur (per image, plus a per-cell defocus), background autofluorescence
-   that varies smoothly, uneven (vignetted) illumination, Poisson photon noise and Gaussian read
-   noise, quantised to 8 or 16 bits.
+   ``nucleus_ratio``. Intensity inside is a dome (from flat to the projected thickness of a
+   sphere) times a smooth random texture, times a per-cell brightness.
+3. *Measurement.* Focal blur (per image, plus a per-cell defocus; where cells overlap the
+   brighter shows), background autofluorescence that varies smoothly and has a fine texture,
+   uneven (vignetted) illumination, Poisson photon noise and Gaussian read noise, quantised to
+   8 or 16 bits.
 
 Every image comes with its dots (one centre per cell, ``y,x``), an instance-label mask and a
 foreground mask. Pixels where cells overlap belong to the cell whose centre is relatively nearer,
@@ -47,6 +48,11 @@ from celltally.errors import InputError
 
 N_HARMONICS = 3  # boundary deformation: harmonics 2..4 of the angle
 DEFOCUS_LEVELS = 4  # per-cell defocus is rendered in this many blur layers
+MIN_SPACING = 1.5  # pixels between cell centres, > sqrt(2)
+JITTERED = (  # settings varied per image by ``jitter``
+    "radius", "intensity", "dome", "texture", "background", "autofluorescence",
+    "background_texture", "halo", "halo_blur", "cell_blur",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,17 @@ class SynthConfig:
         overlap: how much two cells may overlap, as a fraction of their summed radii.
         cluster_prob: probability that a cell is placed next to an earlier one.
         nucleus_ratio: nucleus size relative to the cell body.
+        dome: how much brighter a cell's centre is than its rim: intensity goes as
+            (1 - r^2)^(dome / 2) of the relative radius r; 1 = the thickness of a sphere,
+            0 = flat.
         intensity, intensity_std: mean brightness of a cell and its relative spread.
         nucleus_intensity: brightness of nuclei (their own channel).
         texture, texture_scale: relative amplitude and correlation length (pixels) of the
             textured intensity inside cells.
         background: mean background (autofluorescence) level.
         autofluorescence: relative amplitude of its smooth spatial variation.
+        background_texture: relative amplitude of its fine texture (the blotches of real
+            backgrounds; correlation length ``texture_scale``).
         illumination: fraction of light lost at the farthest corner (vignetting).
         blur: range of the per-image focal blur (Gaussian sigma, pixels).
         focus: range of BBBC005-style focus levels F; if set, the blur sigma is F / 4 (a
@@ -81,6 +92,9 @@ class SynthConfig:
         photons: photon count at full scale (Poisson noise; null: none).
         read_noise: standard deviation of the Gaussian sensor noise.
         bleed: fraction of the signal that shows in the channels without a stain.
+        jitter: per-image relative spread of the appearance (domain randomisation): each image
+            multiplies the settings in ``JITTERED`` and ``blur`` by its own random factors
+            exp(jitter x normal), so a model trained on the images does not rely on one look.
         bit_depth: 8 (PNG output) or 16 (TIFF output).
         channels: channels of the output image (1, or 3 for RGB).
         body_channel, nuclei_channel: the channel showing cell bodies / nuclei (null: not
@@ -100,6 +114,7 @@ class SynthConfig:
     overlap: float = 0.4
     cluster_prob: float = 0.3
     nucleus_ratio: float = 0.5
+    dome: float = 1.0
     intensity: float = 0.6
     intensity_std: float = 0.3
     nucleus_intensity: float = 0.8
@@ -107,6 +122,7 @@ class SynthConfig:
     texture_scale: float = 1.5
     background: float = 0.1
     autofluorescence: float = 0.2
+    background_texture: float = 0.0
     illumination: float = 0.3
     blur: tuple[float, float] = (1.0, 1.5)
     focus: tuple[int, int] | None = None
@@ -116,6 +132,7 @@ class SynthConfig:
     photons: float | None = 300.0
     read_noise: float = 0.01
     bleed: float = 0.0
+    jitter: float = 0.0
     bit_depth: int = 8
     channels: int = 1
     body_channel: int | None = 0
@@ -130,6 +147,8 @@ class SynthConfig:
             "overlap must be in [0, 1)": 0 <= self.overlap < 1,
             "cluster_prob must be in [0, 1]": 0 <= self.cluster_prob <= 1,
             "nucleus_ratio must be in (0, 1]": 0 < self.nucleus_ratio <= 1,
+            "dome must be in [0, 2]": 0 <= self.dome <= 2,
+            "jitter must be in [0, 1]": 0 <= self.jitter <= 1,
             "blur must be (low, high) with 0 <= low <= high": 0 <= self.blur[0] <= self.blur[1],
             "focus must be (low, high) with 1 <= low <= high": self.focus is None
             or 1 <= self.focus[0] <= self.focus[1],
@@ -160,23 +179,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         count_mean=174.0,
         count_std=64.0,
         radius=6.0,
-        overlap=0.5,
-        cluster_prob=0.25,
+        overlap=0.9,
+        cluster_prob=0.1,
         irregularity=0.04,
         elongation=0.15,
-        intensity=1.3,
-        intensity_std=0.25,
+        dome=0.7,
+        intensity=1.35,
+        intensity_std=0.16,
         texture=0.1,
+        texture_scale=1.0,
         background=0.13,
         autofluorescence=0.15,
+        background_texture=0.09,
         illumination=0.5,
         blur=(1.0, 1.6),
         cell_blur=2.0,
-        halo=0.54,
+        halo=0.5,
         halo_blur=30.0,
-        photons=3000.0,
-        read_noise=0.004,
+        photons=8000.0,
+        read_noise=0.001,
         bleed=0.006,
+        jitter=0.15,
         channels=3,
         body_channel=2,
     ),
@@ -247,6 +270,8 @@ class SynthImage:
 def generate(config: SynthConfig, seed: int, index: int) -> SynthImage:
     """Simulate image ``index`` of the set with ``seed`` (it depends on nothing else)."""
     rng = np.random.default_rng([seed, index])
+    if config.jitter:
+        config = _jittered(config, rng)
     count = _draw_count(config, rng)
     radii = config.radius * np.clip(1 + config.radius_std * rng.standard_normal(count), 0.5, 2)
     centres = _place_cells(config, radii, rng)
@@ -267,9 +292,21 @@ def generate(config: SynthConfig, seed: int, index: int) -> SynthImage:
         if labels is None:  # bodies if shown, else nuclei
             labels = _label_cells(config, cells, centres)
         layers = _render_cells(config, cells, level * brightness, defocus)
-        signal[:, :, channel] = _blur_layers(config, layers * _texture(config, rng), blur)
+        texture = np.clip(1 + config.texture * _fine_field(config, rng), 0, None)
+        signal[:, :, channel] = _blur_layers(config, layers * texture, blur)
     image = _measure(config, signal, rng)
     return SynthImage(image, np.round(centres, 2), labels, blur)
+
+
+def _jittered(config: SynthConfig, rng: np.random.Generator) -> SynthConfig:
+    """This image's own appearance settings (see ``SynthConfig.jitter``)."""
+    factors = np.exp(config.jitter * rng.standard_normal(len(JITTERED) + 1))
+    values = {name: getattr(config, name) * f for name, f in zip(JITTERED, factors, strict=False)}
+    values["radius"] = max(values["radius"], 1.0)
+    values["dome"] = min(values["dome"], 2.0)
+    values["halo"] = min(values["halo"], 0.9)
+    blur = tuple(float(b * factors[-1]) for b in config.blur)
+    return dataclasses.replace(config, jitter=0.0, blur=blur, **values)
 
 
 def _draw_count(config: SynthConfig, rng: np.random.Generator) -> int:
@@ -312,11 +349,12 @@ def _place_cells(config: SynthConfig, radii: np.ndarray, rng: np.random.Generato
 
 
 def _free(centre, others, reach, overlap: float, upper: np.ndarray) -> bool:
-    """Inside the image, and no nearer to another cell than the overlap allows (>= 2 px)."""
+    """Inside the image, and no nearer to another cell than the overlap allows, nor than
+    ``MIN_SPACING``: centres that far apart always round to different pixels."""
     if (centre < 0).any() or (centre > upper).any():
         return False
     distance = np.hypot(*(others - centre).T)
-    return bool((distance >= np.maximum((1 - overlap) * reach, 2.0)).all())
+    return bool((distance >= np.maximum((1 - overlap) * reach, MIN_SPACING)).all())
 
 
 @dataclass
@@ -377,7 +415,7 @@ def _cell_pixels(
 
 def _label_cells(config: SynthConfig, cells: _CellPixels, centres: np.ndarray) -> np.ndarray:
     """Instance labels 1..N: a pixel shared by cells goes to the one it is relatively nearest
-    to, and each centre pixel to its own cell (centres are >= 2 px apart, so they differ)."""
+    to, and each centre pixel to its own cell (see ``_free``: they differ)."""
     order = np.lexsort((cells.relative, cells.pixel))
     pixel = cells.pixel[order]
     first = np.r_[True, pixel[1:] != pixel[:-1]]
@@ -393,19 +431,21 @@ def _render_cells(config, cells: _CellPixels, brightness, defocus) -> np.ndarray
     """One intensity layer per defocus level: each cell a dome of its brightness. Where cells
     overlap the brighter one shows (as in SIMCEP's VGG cells, whose clumps do not saturate)."""
     size = config.height * config.width
-    dome = brightness[cells.cell] * np.sqrt(1 - cells.relative**2)
+    dome = brightness[cells.cell] * (1 - cells.relative**2) ** (config.dome / 2)
     layers = np.zeros(DEFOCUS_LEVELS * size, np.float32)
     np.maximum.at(layers, defocus[cells.cell] * size + cells.pixel, dome)
     return layers.reshape(DEFOCUS_LEVELS, config.height, config.width)
 
 
 def _blur_layers(config: SynthConfig, layers: np.ndarray, blur: float) -> np.ndarray:
-    """Focal blur of each defocus layer, plus the halo of all of them."""
+    """Focal blur of each defocus layer, the brightest layer showing where they overlap (as
+    within a layer), plus the halo of all of them."""
     image = np.zeros(layers.shape[1:], np.float32)
     for depth, layer in enumerate(layers):
         if layer.any():
             sigma = np.hypot(blur, config.cell_blur * depth / (DEFOCUS_LEVELS - 1))
-            image += ndimage.gaussian_filter(layer, sigma, truncate=3.0) if sigma > 0 else layer
+            blurred = ndimage.gaussian_filter(layer, sigma, truncate=3.0) if sigma > 0 else layer
+            np.maximum(image, blurred, out=image)
     if config.halo == 0:
         return image
     halo = ndimage.gaussian_filter(layers.sum(axis=0), config.halo_blur, truncate=3.0)
@@ -418,13 +458,13 @@ def _draw_blur(config: SynthConfig, rng: np.random.Generator) -> float:
     return float(rng.uniform(*config.blur))
 
 
-def _texture(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random field with mean 1 and relative amplitude ``texture``."""
+def _fine_field(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random variation with correlation length ``texture_scale``, zero mean and unit spread."""
     noise = ndimage.gaussian_filter(
         rng.standard_normal((config.height, config.width)).astype(np.float32),
         config.texture_scale,
     )
-    return np.clip(1 + config.texture * noise / (noise.std() + 1e-12), 0, None)
+    return noise / (noise.std() + 1e-12)
 
 
 def _smooth_field(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -443,9 +483,10 @@ def _measure(config: SynthConfig, signal: np.ndarray, rng: np.random.Generator) 
     """Background, illumination, noise and quantisation: the microscope and the camera."""
     stained = [c for c in (config.body_channel, config.nuclei_channel) if c is not None]
     unstained = [c for c in range(config.channels) if c not in stained]
-    background = config.background * np.clip(
-        1 + config.autofluorescence * _smooth_field(config, rng), 0, None
-    )
+    variation = config.autofluorescence * _smooth_field(config, rng)
+    if config.background_texture:
+        variation += config.background_texture * _fine_field(config, rng)
+    background = config.background * np.clip(1 + variation, 0, None)
     light = signal + background[:, :, None]
     light[:, :, unstained] = config.bleed * light[:, :, stained].mean(axis=2, keepdims=True)
     light *= _vignetting(config, rng)[:, :, None]

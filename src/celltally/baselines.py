@@ -1,0 +1,175 @@
+"""What a practitioner gets without deep learning: the benchmark tables' baselines.
+
+- ``mean``: every image gets the mean count of the training images.
+- ``segmentation``: a CellProfiler-style pipeline (like its IdentifyPrimaryObjects module): a
+  stain image (grey level, inverted grey level, or haematoxylin by colour deconvolution), Gaussian
+  smoothing, an Otsu threshold, a distance-transform watershed to split touching cells, and a size
+  filter. Its few parameters are chosen by grid search for the lowest count error on the
+  training images, as a practitioner would tune them on the images they annotated.
+
+Both answer ``count(image)``; ``segmentation`` also gives ``points(image)`` (segment centroids),
+so detection precision / recall can be measured like a network's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.color import rgb2hed
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from celltally.data.datasets import Sample
+
+BASELINES = ("mean", "segmentation")
+
+GRID = {  # the values tried for each setting (see SegmentationSettings)
+    "stain": ("bright", "dark", "haematoxylin"),
+    "smoothing": (1.0, 2.0),
+    "threshold_factor": (0.6, 0.8, 1.0, 1.25, 1.5),
+    "min_distance": (1, 2, 3, 5, 8),
+    "min_size": (0, 5, 15, 40, 100),
+}
+
+
+class MeanCount:
+    """Predicts the mean training count for every image."""
+
+    name = "mean"
+
+    def __init__(self) -> None:
+        self.mean = float("nan")
+
+    def fit(self, train: list[Sample]) -> MeanCount:
+        self.mean = float(np.mean([len(s.read_points()) for s in train]))
+        return self
+
+    def count(self, image: np.ndarray) -> float:
+        return self.mean
+
+    def settings(self) -> dict[str, Any]:
+        return {"mean": self.mean}
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """One setting of the pipeline.
+
+    Attributes:
+        stain: ``bright`` (cells brighter than the background: fluorescence, or the pale fat
+            cells of adipose tissue), ``dark`` (dark nuclei on a bright slide) or
+            ``haematoxylin`` (the nuclear stain of H&E, by colour deconvolution).
+        smoothing: Gaussian sigma in pixels before thresholding.
+        threshold_factor: scales the Otsu threshold's height above the darkest pixel (below 1
+            keeps fainter cells).
+        min_distance: least distance in pixels between two cells' centres (watershed seeds).
+        min_size: smallest segment kept, in pixels.
+    """
+
+    stain: str = "bright"
+    smoothing: float = 1.0
+    threshold_factor: float = 1.0
+    min_distance: int = 3
+    min_size: int = 0
+
+
+class SegmentationCounter:
+    """Threshold + distance-transform watershed + size filter; fitted by grid search."""
+
+    name = "segmentation"
+
+    def __init__(self, settings: SegmentationSettings | None = None) -> None:
+        self.fitted = settings or SegmentationSettings()
+        self.train_mae = float("nan")
+
+    def fit(self, train: list[Sample]) -> SegmentationCounter:
+        """Choose the settings in ``GRID`` with the lowest count MAE on ``train``."""
+        loaded = [s.load() for s in train]
+        grid = dict(GRID)
+        if any(image.shape[2] != 3 for image, _ in loaded):
+            grid["stain"] = ("bright", "dark")  # no colour deconvolution without colour
+        min_sizes = grid.pop("min_size")
+        truth = np.array([len(points) for _, points in loaded])
+        errors = {}
+        for stain, smoothing in itertools.product(grid.pop("stain"), grid.pop("smoothing")):
+            signals = [_signal(image, stain, smoothing) for image, _ in loaded]
+            for factor, min_distance in itertools.product(*grid.values()):
+                found = [_segment_sizes(_threshold(x, factor), min_distance) for x in signals]
+                for min_size in min_sizes:
+                    counts = np.array([(sizes >= min_size).sum() for sizes in found])
+                    setting = SegmentationSettings(stain, smoothing, factor, min_distance, min_size)
+                    errors[setting] = float(np.abs(counts - truth).mean())
+        self.fitted = min(errors, key=errors.get)
+        self.train_mae = errors[self.fitted]
+        return self
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Instance labels (0 = background) of the cells in ``image``."""
+        s = self.fitted
+        foreground = _threshold(_signal(image, s.stain, s.smoothing), s.threshold_factor)
+        labels, _ = _split_clumps(foreground, s.min_distance)
+        sizes = np.bincount(labels.ravel())
+        labels[sizes[labels] < s.min_size] = 0
+        return labels
+
+    def count(self, image: np.ndarray) -> float:
+        labels = self.segment(image)
+        return float(len(np.unique(labels[labels > 0])))
+
+    def points(self, image: np.ndarray) -> np.ndarray:
+        """Centroids ``(N, 2)`` (y, x) of the segments."""
+        labels = self.segment(image)
+        ids = np.unique(labels)[1:]
+        return np.array(ndimage.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+
+    def settings(self) -> dict[str, Any]:
+        return {**asdict(self.fitted), "train_mae": self.train_mae}
+
+
+def create_baseline(name: str) -> MeanCount | SegmentationCounter:
+    if name == "mean":
+        return MeanCount()
+    if name == "segmentation":
+        return SegmentationCounter()
+    raise ValueError(f"unknown baseline '{name}'; choose one of {', '.join(BASELINES)}")
+
+
+def _signal(image: np.ndarray, stain: str, smoothing: float) -> np.ndarray:
+    return ndimage.gaussian_filter(_stain_image(image, stain), smoothing)
+
+
+def _threshold(signal: np.ndarray, factor: float) -> np.ndarray:
+    if np.ptp(signal) == 0:
+        return np.zeros(signal.shape, bool)
+    low = signal.min()
+    return signal > low + factor * (threshold_otsu(signal) - low)
+
+
+def _segment_sizes(foreground: np.ndarray, min_distance: int) -> np.ndarray:
+    """Pixels in each watershed segment (before the size filter)."""
+    labels, n = _split_clumps(foreground, min_distance)
+    return np.bincount(labels.ravel(), minlength=n + 1)[1:]
+
+
+def _stain_image(image: np.ndarray, stain: str) -> np.ndarray:
+    """Where the cells are bright: the grey level, its inverse, or the haematoxylin density."""
+    if stain == "haematoxylin":
+        return rgb2hed(np.clip(image / max(float(image.max()), 1.0), 0, 1))[:, :, 0]
+    grey = image.mean(axis=2)
+    return grey if stain == "bright" else grey.max() - grey
+
+
+def _split_clumps(foreground: np.ndarray, min_distance: int) -> tuple[np.ndarray, int]:
+    """Watershed of the distance transform from its maxima at least ``min_distance`` apart."""
+    distance = ndimage.distance_transform_edt(foreground)
+    peaks = peak_local_max(  # only foreground pixels have distance >= 1
+        distance, min_distance=min_distance, threshold_abs=0.5, exclude_border=False
+    )
+    markers = np.zeros(foreground.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=foreground), len(peaks)

@@ -1,0 +1,166 @@
+"""Protocols, baselines and the resumable benchmark runner."""
+
+import json
+
+import numpy as np
+import pytest
+from tests.conftest import data_set
+from typer.testing import CliRunner
+
+from celltally.baselines import MeanCount, SegmentationCounter
+from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
+from celltally.cli import app
+from celltally.data import load_dataset
+from celltally.data.splits import protocol_split, split_from_file
+from celltally.data.synth import preset, synth_samples, write_set
+from celltally.errors import InputError
+from celltally.predict import evaluate
+
+SEPARATED = {"height": 96, "width": 96, "density": 15.0, "overlap": 0.0, "cluster_prob": 0.0}
+
+
+def _parts(split) -> list[set[str]]:
+    return [set(names) for names in split.names().values()]
+
+
+def test_countception_split_is_reproducible_disjoint_with_a_fixed_test_set():
+    samples = load_dataset(data_set("vgg_cells"), "vgg_cells")
+    first = protocol_split(samples, "vgg_cells", 8, 8, 3, "countception")
+    assert first.names() == protocol_split(samples, "vgg_cells", 8, 8, 3, "countception").names()
+    assert first.names() != protocol_split(samples, "vgg_cells", 8, 8, 4, "countception").names()
+    train, val, test = _parts(first)
+    assert (len(train), len(val), len(test)) == (8, 8, 100)
+    assert not (train & val) and not (train | val) & test
+    assert max(test) > "100" and min(test) <= "100"  # shuffled over all 200, not 101-200
+    larger = protocol_split(samples, "vgg_cells", 50, 50, 3, "countception")
+    assert _parts(larger)[2] == test  # the test set does not move with N
+
+
+def test_mbm_quadrants_of_one_source_stay_together():
+    samples = load_dataset(data_set("mbm"), "mbm")
+    for seed in range(5):
+        split = protocol_split(samples, "mbm", 15, 15, seed)
+        parts = _parts(split)
+        assert sum(len(p) for p in parts) == 44 and not set.intersection(*parts)
+        groups = {s.group for s in samples}
+        part_of = {s.name: i for i, p in enumerate(parts) for s in samples if s.name in p}
+        cut = [g for g in groups if len({part_of[s.name] for s in samples if s.group == g}) > 1]
+        assert len(cut) <= 2  # at most where train ends and where validation ends
+
+
+def test_lempitsky_is_for_vgg_cells_only():
+    samples = load_dataset(data_set("mbm"), "mbm")
+    with pytest.raises(ValueError, match="lempitsky protocol is defined for vgg_cells"):
+        protocol_split(samples, "mbm", 5, 5, 0, "lempitsky")
+    with pytest.raises(InputError, match="needs 130 images"):
+        protocol_split(samples, "mbm", 15, 15, 0, "countception", test_size=100)
+
+
+def test_split_files_are_read_and_checked(tmp_path):
+    samples = load_dataset(data_set("vgg_cells"), "vgg_cells")
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["001", "002"], "val": ["003"], "test": ["150"]}))
+    split = split_from_file(samples, path)
+    assert split.names() == {"train": ["001", "002"], "val": ["003"], "test": ["150"]}
+    assert split.protocol == "file"
+    path.write_text(json.dumps({"train": ["001"], "val": ["001"], "test": []}))
+    with pytest.raises(InputError, match=r"split\.json.*listed twice"):
+        split_from_file(samples, path)
+    path.write_text(json.dumps({"train": ["001", "999"]}))
+    with pytest.raises(InputError, match="not in the data set: 999"):
+        split_from_file(samples, path)
+
+
+def test_mean_baseline_predicts_the_training_mean():
+    samples = synth_samples(preset("nuclei", **SEPARATED), 4, seed=0)
+    baseline = MeanCount().fit(samples)
+    assert baseline.count(np.zeros((8, 8, 1))) == np.mean([len(s.read_points()) for s in samples])
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_segmentation_baseline_counts_separated_cells(inverted):
+    samples = synth_samples(preset("nuclei", **SEPARATED, bit_depth=8), 6, seed=1)
+    if inverted:  # dark cells on a bright slide: the fit must find the other polarity
+        samples = [_Inverted(s) for s in samples]
+    baseline = SegmentationCounter().fit(samples[:3])
+    assert baseline.fitted.stain == ("dark" if inverted else "bright")
+    metrics = evaluate(baseline, samples[3:], radius=3.0)
+    assert metrics["count"]["mae"] <= 1.0
+    assert metrics["detection"]["f1"] > 0.95
+
+
+class _Inverted:
+    def __init__(self, sample):
+        self.sample, self.image_path = sample, sample.image_path
+        self.name, self.read_points = sample.name, sample.read_points
+
+    def load(self):
+        image, points = self.sample.load()
+        return 255 - image, points
+
+
+def test_summary_by_hand():
+    def record(method, n, seed, mae):
+        count = {"mae": mae, "rmse": mae, "mre": 0.1}
+        return {
+            "method": method, "n": n, "seed": seed, "count": count, "detection": None,
+            "train_time_s": 1.0, "inference_images_per_s": 10.0,
+        }  # fmt: skip
+
+    summary = summarise([record("a", 8, 0, 2.0), record("a", 8, 1, 4.0), record("b", 8, 0, 5.0)])
+    a = summary[summary["method"] == "a"].iloc[0]
+    assert (a["mae"], a["draws"]) == (3.0, 2) and a["mae_std"] == pytest.approx(np.sqrt(2))
+    assert np.isnan(a["f1"])
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    list(write_set(preset("nuclei", **SEPARATED, bit_depth=8), 10, folder, seed=2, workers=1))
+    return folder
+
+
+def test_benchmark_resumes_without_recomputing_finished_draws(small_set, tmp_path):
+    config = BenchmarkConfig(
+        data=str(small_set), fmt="points", n=(2, 3), draws=2, test_size=4,
+        methods=("mean", "segmentation"),
+    )  # fmt: skip
+    done = []
+    summary = run_benchmark(config, tmp_path, on_record=done.append)
+    assert len(done) == 2 * 2 * 2 and len(summary) == 4
+    records = load_records(tmp_path)
+    assert all(len(r["images"]) == 4 and r["protocol"] == "countception" for r in records)
+    again = []
+    run_benchmark(config, tmp_path, on_record=again.append)
+    assert again == []
+    (tmp_path / "records" / "segmentation_n3_seed1.json").unlink()
+    run_benchmark(config, tmp_path, on_record=again.append)
+    assert [(r["method"], r["n"], r["seed"]) for r in again] == [("segmentation", 3, 1)]
+    table = (tmp_path / "table.md").read_text()
+    assert "N = 2 (ours)" in table and "| segmentation |" in table
+    assert (tmp_path / "mae_vs_n.png").stat().st_size > 1000
+
+
+def test_cli_benchmark_trains_a_network_and_reports(small_set, tmp_path):
+    tiny = ["patch_size=32", "batch_size=4", "steps_per_epoch=3", "epochs=1", "finetune_epochs=0"]
+    args = ["benchmark", "--data", str(small_set), "--format", "points", "--n", "2"]
+    args += ["--draws", "1", "--test-size", "4", "--methods", "mean,fcrn_a", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args + [f"--set={s}" for s in tiny])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "records" / "fcrn_a_n2_seed0.json").read_text())
+    assert record["detection"]["f1"] >= 0 and record["settings"]["epochs"] == 1
+    assert (tmp_path / "runs" / "fcrn_a_n2_seed0" / "model" / "config.json").exists()
+    assert "fcrn_a" in result.output and "table.md" in result.output
+
+
+def test_cli_benchmark_rejects_bad_requests_in_one_line(small_set, tmp_path):
+    base = ["benchmark", "--data", str(small_set), "--format", "points", "--out", str(tmp_path)]
+    for extra, message in [
+        (["--methods", "fcrn_z"], "unknown method fcrn_z"),
+        (["--protocol", "lempitsky"], "defined for vgg_cells"),
+        (["--set", "epochz=3"], "expected NAME=VALUE"),
+        (["--n", "9"], "needs"),
+    ]:
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
