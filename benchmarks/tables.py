@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,6 +53,8 @@ def main() -> None:
         )
         out = args.runs / name
         run_benchmark(config, out, on_record=lambda r: print(_line(r), flush=True))
+        plot = Path(__file__).with_name(f"mae_vs_n_{name}.png")
+        shutil.copyfile(out / "mae_vs_n.png", plot)
         command = f"python benchmarks/tables.py --only {name}"
         text = "\n".join(
             [
@@ -61,7 +64,8 @@ def main() -> None:
                 f" --protocol {table['protocol']} {' '.join(f'--n {n}' for n in table['n'])}"
                 f" --draws 3 --methods {','.join(METHODS)} --config SETTINGS.json`, with"
                 " SETTINGS.json ="
-                f" `{json.dumps(SETTINGS)}`). Records, splits and the plot: `{out}`.",
+                f" `{json.dumps(SETTINGS)}`). Records and splits: `{out}`; plot:"
+                f" `benchmarks/{plot.name}`.",
                 "",
                 (out / "table.md").read_text(),
             ]

@@ -209,7 +209,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
     summary = table.mean(numeric_only=True).drop(columns="seed")
     summary["mae_std"] = table["mae"].std(ddof=1).fillna(0.0)
     summary["draws"] = table.size()
-    return summary.reset_index()
+    return summary.reset_index().sort_values(["method", "n"], ignore_index=True)
 
 
 def write_reports(out: str | Path, fmt: str) -> pd.DataFrame:
@@ -264,7 +264,7 @@ def markdown_table(summary: pd.DataFrame, fmt: str, protocol: str) -> str:
         lines.append(
             f"| {r.method} | {r.n} | {r.draws} | {r.mae:.2f} ± {r.mae_std:.2f} | {r.rmse:.2f}"
             f" | {100 * r.mre:.1f}% | {detection} | {_duration(r.train_time_s)}"
-            f" | {r.images_per_s:.1f} img/s |"
+            f" | {r.images_per_s:,.1f} img/s |"
         )
     return "\n".join(lines) + "\n"
 
