@@ -118,13 +118,12 @@ class SegmentationCounter:
         return labels
 
     def count(self, image: np.ndarray) -> float:
-        labels = self.segment(image)
-        return float(len(np.unique(labels[labels > 0])))
+        return float(len(self.points(image)))
 
     def points(self, image: np.ndarray) -> np.ndarray:
         """Centroids ``(N, 2)`` (y, x) of the segments."""
         labels = self.segment(image)
-        ids = np.unique(labels)[1:]
+        ids = np.unique(labels[labels > 0])
         return np.array(ndimage.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
 
     def settings(self) -> dict[str, Any]:

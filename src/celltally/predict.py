@@ -98,7 +98,7 @@ class ImageResult:
 def evaluate(model, samples: list, radius: float) -> dict:
     """Count and detection metrics of ``model`` on annotated ``samples``, with per-image rows
     and the inference speed (images/s, reading excluded). ``model`` is a ``CountingModel`` or
-    anything with ``count(image)`` and, for detection metrics, ``points(image)``."""
+    anything with ``points(image)`` (counted as its centres) or ``count(image)``."""
     rows, found, truth, seconds = [], [], [], 0.0
     for sample in samples:
         image, points = sample.load()
@@ -125,7 +125,10 @@ def _count_and_points(model, image: np.ndarray, source: str) -> tuple[float, np.
     if hasattr(model, "predict_map"):  # a network: one forward pass for both
         density = model.predict_map(image, source=source)
         return model.count_from_map(density), model.peaks(density)
-    return model.count(image), (model.points(image) if hasattr(model, "points") else None)
+    if hasattr(model, "points"):  # a detector (segmentation): its count is its centres
+        centres = model.points(image)
+        return float(len(centres)), centres
+    return model.count(image), None
 
 
 def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
