@@ -95,18 +95,20 @@ def statistics(data: Path, n: int = 100) -> str:
         "",
         "Command: `python benchmarks/synth.py` (real: VGG cells 101-200; generated: seed 0, 100"
         " images; blue channel, grey levels 0-255; contrast = centre pixel after a 1-px Gaussian"
-        " minus the median background further than 12 px from every dot)",
+        " minus the median background further than 12 px from every dot; half-maximum radius of the"
+        " mean radial profile of single cells)",
         "",
         "| images | cells | nearest neighbour p10 / p50 (px) | neighbour < 6 px"
         " | single-cell contrast p10 / p50 / p90 | contrast of pairs < 3 px apart"
-        " | background = a + b x count | background texture (0.7-3 px) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        " | single-cell half-maximum radius (px) | background = a + b x count"
+        " | background texture (0.7-3 px) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in zip(("real", "generated"), rows, strict=True):
         lines.append(
             f"| {label} | {r['cells']} | {r['nn10']:.1f} / {r['nn50']:.1f} | {r['close']:.0%}"
             f" | {r['c10']:.0f} / {r['c50']:.0f} / {r['c90']:.0f} | {r['pair']:.0f}"
-            f" | {r['a']:.1f} + {r['b']:.3f} x count | {r['texture']:.2f} |"
+            f" | {r['half_max']:.2f} | {r['a']:.1f} + {r['b']:.3f} x count | {r['texture']:.2f} |"
         )
     return "\n".join([*lines, ""])
 
@@ -116,7 +118,7 @@ def _generated(n: int):
 
 
 def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    nearest, single, pairs, background, counts, texture = [], [], [], [], [], []
+    nearest, single, pairs, background, counts, texture, profiles = [], [], [], [], [], [], []
     for image, points in items:
         blue = image[:, :, 2].astype(float)
         smooth = ndimage.gaussian_filter(blue, 1)
@@ -129,6 +131,7 @@ def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, f
         contrast = smooth[centre[:, 0], centre[:, 1]] - level
         nearest.append(distance[:, 1])
         single.append(contrast[distance[:, 1] > 14])
+        profiles += _radial_profiles(blue - level, centre[distance[:, 1] > 14])
         pairs.append(contrast[(distance[:, 1] < 3) & (distance[:, 2] > 10)])
         background.append(level)
         counts.append(len(points))
@@ -145,10 +148,30 @@ def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, f
         "c50": np.median(single),
         "c90": np.percentile(single, 90),
         "pair": np.median(np.concatenate(pairs)),
+        "half_max": _half_maximum_radius(np.array(profiles)),
         "a": intercept,
         "b": slope,
         "texture": np.mean(texture),
     }
+
+
+RINGS = np.round(np.hypot(*np.mgrid[-8:9, -8:9])).astype(int)  # ring index 0..11 of each pixel
+
+
+def _radial_profiles(signal: np.ndarray, centres: np.ndarray) -> list[np.ndarray]:
+    """Mean of ``signal`` on the rings 0..8 px around each centre at least 8 px inside."""
+    inside = np.all((centres >= 8) & (centres < np.array(signal.shape) - 8), axis=1)
+    return [
+        np.array(ndimage.mean(signal[y - 8 : y + 9, x - 8 : x + 9], RINGS, range(9)))
+        for y, x in centres[inside]
+    ]
+
+
+def _half_maximum_radius(profiles: np.ndarray) -> float:
+    """Where the mean profile first falls to half of its centre value (linear interpolation)."""
+    mean = np.nanmean(profiles, axis=0)
+    mean = mean / mean[0]
+    return float(np.interp(0.5, mean[::-1], np.arange(len(mean))[::-1]))
 
 
 def speed(n: int, workers: int) -> str:

@@ -26,7 +26,7 @@ from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
 from results import write_section
 
-SYNTH_SETTINGS = {"epochs": 16, "lr_step": 7, "finetune_epochs": 2}
+SYNTH_SETTINGS = {"epochs": 24, "lr_step": 10, "finetune_epochs": 2}
 FINETUNE_SETTINGS = {"epochs": 6, "lr": 1e-4, "lr_step": 3, "finetune_epochs": 2}
 
 

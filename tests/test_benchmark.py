@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import data_set
 from typer.testing import CliRunner
 
-from celltally.baselines import MeanCount, SegmentationCounter
+from celltally.baselines import MeanCount, SegmentationCounter, SegmentationSettings
 from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
 from celltally.cli import app
 from celltally.data import load_dataset
@@ -87,6 +87,21 @@ def test_segmentation_baseline_counts_separated_cells(inverted):
     metrics = evaluate(baseline, samples[3:], radius=3.0)
     assert metrics["count"]["mae"] <= 1.0
     assert metrics["detection"]["f1"] > 0.95
+
+
+def test_intensity_declumping_splits_bright_centred_cells_the_shape_cannot():
+    yy, xx = np.mgrid[:48, :64]
+    centres = np.array([[24.0, 28.0], [24.0, 36.0]])  # 8 px apart, sigma 3: one oval blob
+    blobs = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0**2)) for y, x in centres)
+    image = (200 * blobs)[:, :, None]
+
+    def segmenter(declump):
+        return SegmentationCounter(SegmentationSettings(min_distance=3, declump=declump))
+
+    assert segmenter("shape").count(image) != 2
+    found = segmenter("intensity").points(image)
+    assert len(found) == 2
+    assert np.abs(found[np.argsort(found[:, 1])] - centres).max() < 1.0
 
 
 class _Inverted:

@@ -113,15 +113,17 @@ def test_dome_sets_how_much_brighter_cell_centres_are():
     assert centre_over_mean(1.0) > 1.3  # a sphere's thickness: the mean is 2/3 of the centre
 
 
-def test_jitter_varies_the_look_from_image_to_image_only():
-    def spread(jitter: float) -> tuple[float, list[int]]:
+def test_jitter_varies_the_look_from_image_to_image_but_not_the_cell_size():
+    def spread(jitter: float) -> tuple[float, float, list[int]]:
         images = [generate(preset("vgg_cells", jitter=jitter), 0, i) for i in range(8)]
         backgrounds = [np.median(g.image[:, :, 2][~g.mask]) for g in images]
-        return float(np.std(backgrounds) / np.mean(backgrounds)), [g.count for g in images]
+        area = np.mean([g.mask.sum() / g.count for g in images])
+        return float(np.std(backgrounds) / np.mean(backgrounds)), area, [g.count for g in images]
 
-    steady, counts = spread(0.0)
-    varied, varied_counts = spread(0.5)
+    steady, area, counts = spread(0.0)
+    varied, varied_area, varied_counts = spread(0.5)
     assert varied > 2 * steady
+    assert varied_area == pytest.approx(area, rel=0.1)
     assert len(varied_counts) == len(counts) and min(varied_counts) >= 50  # counts still valid
 
 

@@ -152,7 +152,7 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         raise ValueError(f"the split for N = {n} leaves no test images; lower N or test_size")
     started = time.perf_counter()
     if method in BASELINES:
-        model = create_baseline(method).fit(split.train)
+        model = create_baseline(method).fit(split.train, config.radius)
         train_time, settings = time.perf_counter() - started, model.settings()
     else:
         train_config = config.train_config(method, fmt, seed)

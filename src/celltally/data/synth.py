@@ -49,8 +49,10 @@ from celltally.errors import InputError
 N_HARMONICS = 3  # boundary deformation: harmonics 2..4 of the angle
 DEFOCUS_LEVELS = 4  # per-cell defocus is rendered in this many blur layers
 MIN_SPACING = 1.5  # pixels between cell centres, > sqrt(2)
-JITTERED = (  # settings varied per image by ``jitter``
-    "radius", "intensity", "dome", "texture", "background", "autofluorescence",
+# Settings varied per image by ``jitter``: the look, never the cell size, which a model needs
+# to stay fixed to count overlapping cells by their area.
+JITTERED = (
+    "intensity", "dome", "texture", "background", "autofluorescence",
     "background_texture", "halo", "halo_blur", "cell_blur",
 )  # fmt: skip
 
@@ -178,13 +180,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         count_range=(50, 350),
         count_mean=174.0,
         count_std=64.0,
-        radius=6.0,
+        radius=5.8,
+        radius_std=0.1,
         overlap=0.9,
         cluster_prob=0.1,
         irregularity=0.04,
         elongation=0.15,
         dome=0.7,
-        intensity=1.35,
+        intensity=1.31,
         intensity_std=0.16,
         texture=0.1,
         texture_scale=1.0,
@@ -192,8 +195,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         autofluorescence=0.15,
         background_texture=0.09,
         illumination=0.5,
-        blur=(1.0, 1.6),
-        cell_blur=2.0,
+        blur=(1.1, 1.7),
+        cell_blur=1.5,
         halo=0.5,
         halo_blur=30.0,
         photons=8000.0,
@@ -302,7 +305,6 @@ def _jittered(config: SynthConfig, rng: np.random.Generator) -> SynthConfig:
     """This image's own appearance settings (see ``SynthConfig.jitter``)."""
     factors = np.exp(config.jitter * rng.standard_normal(len(JITTERED) + 1))
     values = {name: getattr(config, name) * f for name, f in zip(JITTERED, factors, strict=False)}
-    values["radius"] = max(values["radius"], 1.0)
     values["dome"] = min(values["dome"], 2.0)
     values["halo"] = min(values["halo"], 0.9)
     blur = tuple(float(b * factors[-1]) for b in config.blur)
