@@ -119,7 +119,8 @@ class SegmentationCounter:
         s = self.fitted
         signal = _signal(image, s.stain, s.smoothing)
         foreground = _threshold(signal, s.threshold_factor)
-        labels, _ = _split_clumps(signal, foreground, s.min_distance, s.declump)
+        relief = _relief(signal, foreground, s.declump)
+        labels, _ = _split_clumps(relief, foreground, s.min_distance)
         sizes = np.bincount(labels.ravel())
         labels[sizes[labels] < s.min_size] = 0
         return labels
@@ -147,24 +148,27 @@ def create_baseline(name: str) -> MeanCount | SegmentationCounter:
 
 def _grid_errors(loaded: list[tuple[np.ndarray, np.ndarray]]) -> dict[SegmentationSettings, float]:
     """Count MAE on the training images of every setting in ``GRID``."""
-    grid = dict(GRID)
+    stains = GRID["stain"]
     if any(image.shape[2] != 3 for image, _ in loaded):
-        grid["stain"] = ("bright", "dark")  # no colour deconvolution without colour
-    min_sizes = grid.pop("min_size")
+        stains = ("bright", "dark")  # no colour deconvolution without colour
     truth = np.array([len(points) for _, points in loaded])
     errors = {}
-    for stain, smoothing in itertools.product(grid.pop("stain"), grid.pop("smoothing")):
+    for stain, smoothing in itertools.product(stains, GRID["smoothing"]):
         signals = [_signal(image, stain, smoothing) for image, _ in loaded]
-        for factor, min_distance, declump in itertools.product(*grid.values()):
-            found = [
-                _segment_sizes(x, _threshold(x, factor), min_distance, declump) for x in signals
-            ]
-            for min_size in min_sizes:
-                counts = np.array([(sizes >= min_size).sum() for sizes in found])
-                setting = SegmentationSettings(
-                    stain, smoothing, factor, min_distance, declump, min_size
-                )
-                errors[setting] = float(np.abs(counts - truth).mean())
+        for factor, declump in itertools.product(GRID["threshold_factor"], GRID["declump"]):
+            masks = [_threshold(x, factor) for x in signals]
+            reliefs = [_relief(x, mask, declump) for x, mask in zip(signals, masks, strict=True)]
+            for min_distance in GRID["min_distance"]:
+                found = [
+                    _segment_sizes(relief, mask, min_distance)
+                    for relief, mask in zip(reliefs, masks, strict=True)
+                ]
+                for min_size in GRID["min_size"]:
+                    counts = np.array([(sizes >= min_size).sum() for sizes in found])
+                    setting = SegmentationSettings(
+                        stain, smoothing, factor, min_distance, declump, min_size
+                    )
+                    errors[setting] = float(np.abs(counts - truth).mean())
     return errors
 
 
@@ -188,11 +192,9 @@ def _threshold(signal: np.ndarray, factor: float) -> np.ndarray:
     return signal > low + factor * (threshold_otsu(signal) - low)
 
 
-def _segment_sizes(
-    signal: np.ndarray, foreground: np.ndarray, min_distance: int, declump: str
-) -> np.ndarray:
+def _segment_sizes(relief: np.ndarray, foreground: np.ndarray, min_distance: int) -> np.ndarray:
     """Pixels in each watershed segment (before the size filter)."""
-    labels, n = _split_clumps(signal, foreground, min_distance, declump)
+    labels, n = _split_clumps(relief, foreground, min_distance)
     return np.bincount(labels.ravel(), minlength=n + 1)[1:]
 
 
@@ -204,15 +206,18 @@ def _stain_image(image: np.ndarray, stain: str) -> np.ndarray:
     return grey if stain == "bright" else grey.max() - grey
 
 
-def _split_clumps(
-    signal: np.ndarray, foreground: np.ndarray, min_distance: int, declump: str
-) -> tuple[np.ndarray, int]:
-    """Watershed of the foreground from the maxima, at least ``min_distance`` apart, of its
-    distance transform (``declump="shape"``) or of the signal (``"intensity"``)."""
+def _relief(signal: np.ndarray, foreground: np.ndarray, declump: str) -> np.ndarray:
+    """What clumps are split by: the foreground's distance transform (``declump="shape"``) or
+    the signal (``"intensity"``), >= 1 inside the foreground and 0 outside."""
     if declump == "shape":
-        relief = ndimage.distance_transform_edt(foreground)
-    else:  # the signal raised to >= 1 inside the foreground, 0 outside
-        relief = np.where(foreground, signal - signal.min() + 1.0, 0.0)
+        return ndimage.distance_transform_edt(foreground)
+    return np.where(foreground, signal - signal.min() + 1.0, 0.0)
+
+
+def _split_clumps(
+    relief: np.ndarray, foreground: np.ndarray, min_distance: int
+) -> tuple[np.ndarray, int]:
+    """Watershed of the foreground from the maxima of ``relief`` at least ``min_distance`` apart."""
     peaks = peak_local_max(  # only foreground pixels are >= 1
         relief, min_distance=min_distance, threshold_abs=0.5, exclude_border=False
     )
