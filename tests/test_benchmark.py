@@ -104,6 +104,29 @@ def test_intensity_declumping_splits_bright_centred_cells_the_shape_cannot():
     assert np.abs(found[np.argsort(found[:, 1])] - centres).max() < 1.0
 
 
+def test_segmentation_fit_ignores_settings_whose_foreground_misses_the_dots():
+    """Bright blobs that count exactly right but hold none of the dots are not the cells."""
+    yy, xx = np.mgrid[:64, :64]
+    blobs = [(16.0, 16.0), (16.0, 48.0), (48.0, 16.0)]
+    image = 200 * sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 18.0) for y, x in blobs)
+    dots = np.array([[48.0, 48.0], [32.0, 32.0], [4.0, 32.0]])  # on the dark slide, 3 of them
+    sample = _Loaded("offset", image[:, :, None], dots)
+
+    assert SegmentationCounter(SegmentationSettings(stain="bright")).count(image[:, :, None]) == 3
+    assert SegmentationCounter().fit([sample]).fitted.stain == "dark"
+
+
+class _Loaded:
+    def __init__(self, name, image, points):
+        self.name, self.image_path, self.image, self.points = name, name, image, points
+
+    def load(self):
+        return self.image, self.points
+
+    def read_points(self):
+        return self.points
+
+
 class _Inverted:
     def __init__(self, sample):
         self.sample, self.image_path = sample, sample.image_path

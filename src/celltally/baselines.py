@@ -7,7 +7,8 @@
   shape (distance transform) or of their intensity, and a size filter. Its few parameters are
   chosen by grid search for the lowest count error on the training images, as a practitioner
   would tune them on the images they annotated; among settings that count about equally well,
-  the one that finds the cells where they are (best training F1) wins.
+  the one that finds the cells where they are (best training F1) wins. Settings whose
+  foreground misses most annotated dots (the wrong polarity, say) are not candidates at all.
 
 Both answer ``count(image)``; ``segmentation`` also gives ``points(image)`` (segment centroids),
 so detection precision / recall can be measured like a network's.
@@ -43,6 +44,9 @@ GRID = {  # the values tried for each setting (see SegmentationSettings)
 # compared by training F1: count alone cannot tell right cells from right-sized noise.
 MAE_TIE = (0.05, 0.5)
 MAX_TIED = 10
+# A foreground that misses most annotated cells is segmenting something else, however well its
+# segment count happens to match: such settings are not considered.
+MIN_DOT_COVERAGE = 0.5
 
 
 class MeanCount:
@@ -102,9 +106,11 @@ class SegmentationCounter:
 
     def fit(self, train: list[Sample], radius: float = DETECTION_RADIUS) -> SegmentationCounter:
         """Choose the settings in ``GRID`` with the lowest count MAE on ``train``; among those
-        within ``MAE_TIE`` of it, the one with the best detection F1 at ``radius``."""
+        within ``MAE_TIE`` of it, the one with the best detection F1 at ``radius``. Only
+        settings whose foreground holds ``MIN_DOT_COVERAGE`` of the training dots compete
+        (all of them if none does)."""
         loaded = [s.load() for s in train]
-        errors = _grid_errors(loaded)
+        errors = _grid_errors(loaded, MIN_DOT_COVERAGE) or _grid_errors(loaded, 0.0)
         best = min(errors.values())
         relative, absolute = MAE_TIE
         tied = sorted(
@@ -146,8 +152,11 @@ def create_baseline(name: str) -> MeanCount | SegmentationCounter:
     raise ValueError(f"unknown baseline '{name}'; choose one of {', '.join(BASELINES)}")
 
 
-def _grid_errors(loaded: list[tuple[np.ndarray, np.ndarray]]) -> dict[SegmentationSettings, float]:
-    """Count MAE on the training images of every setting in ``GRID``."""
+def _grid_errors(
+    loaded: list[tuple[np.ndarray, np.ndarray]], min_coverage: float
+) -> dict[SegmentationSettings, float]:
+    """Count MAE on the training images of every setting in ``GRID`` whose foreground holds at
+    least ``min_coverage`` of the training dots."""
     stains = GRID["stain"]
     if any(image.shape[2] != 3 for image, _ in loaded):
         stains = ("bright", "dark")  # no colour deconvolution without colour
@@ -157,6 +166,8 @@ def _grid_errors(loaded: list[tuple[np.ndarray, np.ndarray]]) -> dict[Segmentati
         signals = [_signal(image, stain, smoothing) for image, _ in loaded]
         for factor, declump in itertools.product(GRID["threshold_factor"], GRID["declump"]):
             masks = [_threshold(x, factor) for x in signals]
+            if _dot_coverage(masks, [points for _, points in loaded]) < min_coverage:
+                continue
             reliefs = [_relief(x, mask, declump) for x, mask in zip(signals, masks, strict=True)]
             for min_distance in GRID["min_distance"]:
                 found = [
@@ -170,6 +181,15 @@ def _grid_errors(loaded: list[tuple[np.ndarray, np.ndarray]]) -> dict[Segmentati
                     )
                     errors[setting] = float(np.abs(counts - truth).mean())
     return errors
+
+
+def _dot_coverage(masks: list[np.ndarray], points: list[np.ndarray]) -> float:
+    """Fraction of all dots that fall on the foreground of their image."""
+    inside = [
+        mask[tuple(np.clip(np.round(p).astype(int), 0, np.array(mask.shape) - 1).T)]
+        for mask, p in zip(masks, points, strict=True)
+    ]
+    return float(np.concatenate(inside).mean()) if sum(map(len, inside)) else 1.0
 
 
 def _training_f1(
