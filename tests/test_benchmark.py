@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from imageio.v3 import imwrite
 from tests.conftest import data_set
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from celltally.baselines import MeanCount, SegmentationCounter, SegmentationSett
 from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
 from celltally.cli import app
 from celltally.data import load_dataset
+from celltally.data.datasets import Sample
 from celltally.data.splits import protocol_split, split_from_file
 from celltally.data.synth import preset, synth_samples, write_set
 from celltally.errors import InputError
@@ -104,27 +106,17 @@ def test_intensity_declumping_splits_bright_centred_cells_the_shape_cannot():
     assert np.abs(found[np.argsort(found[:, 1])] - centres).max() < 1.0
 
 
-def test_segmentation_fit_ignores_settings_whose_foreground_misses_the_dots():
+def test_segmentation_fit_ignores_settings_whose_foreground_misses_the_dots(tmp_path):
     """Bright blobs that count exactly right but hold none of the dots are not the cells."""
     yy, xx = np.mgrid[:64, :64]
     blobs = [(16.0, 16.0), (16.0, 48.0), (48.0, 16.0)]
     image = 200 * sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 18.0) for y, x in blobs)
+    imwrite(tmp_path / "offset.png", image.astype(np.uint8))
     dots = np.array([[48.0, 48.0], [32.0, 32.0], [4.0, 32.0]])  # on the dark slide, 3 of them
-    sample = _Loaded("offset", image[:, :, None], dots)
+    sample = Sample("offset", tmp_path / "offset.png", lambda: dots)
 
     assert SegmentationCounter(SegmentationSettings(stain="bright")).count(image[:, :, None]) == 3
     assert SegmentationCounter().fit([sample]).fitted.stain == "dark"
-
-
-class _Loaded:
-    def __init__(self, name, image, points):
-        self.name, self.image_path, self.image, self.points = name, name, image, points
-
-    def load(self):
-        return self.image, self.points
-
-    def read_points(self):
-        return self.points
 
 
 class _Inverted:

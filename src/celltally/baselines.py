@@ -160,26 +160,38 @@ def _grid_errors(
     stains = GRID["stain"]
     if any(image.shape[2] != 3 for image, _ in loaded):
         stains = ("bright", "dark")  # no colour deconvolution without colour
-    truth = np.array([len(points) for _, points in loaded])
+    dots = [points for _, points in loaded]
+    truth = np.array([len(points) for points in dots])
     errors = {}
     for stain, smoothing in itertools.product(stains, GRID["smoothing"]):
         signals = [_signal(image, stain, smoothing) for image, _ in loaded]
-        for factor, declump in itertools.product(GRID["threshold_factor"], GRID["declump"]):
+        for factor in GRID["threshold_factor"]:
             masks = [_threshold(x, factor) for x in signals]
-            if _dot_coverage(masks, [points for _, points in loaded]) < min_coverage:
+            if _dot_coverage(masks, dots) < min_coverage:
                 continue
-            reliefs = [_relief(x, mask, declump) for x, mask in zip(signals, masks, strict=True)]
-            for min_distance in GRID["min_distance"]:
-                found = [
-                    _segment_sizes(relief, mask, min_distance)
-                    for relief, mask in zip(reliefs, masks, strict=True)
-                ]
-                for min_size in GRID["min_size"]:
-                    counts = np.array([(sizes >= min_size).sum() for sizes in found])
-                    setting = SegmentationSettings(
-                        stain, smoothing, factor, min_distance, declump, min_size
-                    )
-                    errors[setting] = float(np.abs(counts - truth).mean())
+            for (declump, distance, size), error in _split_errors(signals, masks, truth).items():
+                errors[SegmentationSettings(stain, smoothing, factor, distance, declump, size)] = (
+                    error
+                )
+    return errors
+
+
+def _split_errors(
+    signals: list[np.ndarray], masks: list[np.ndarray], truth: np.ndarray
+) -> dict[tuple[str, int, int], float]:
+    """Count MAE of every (declump, min_distance, min_size) on one thresholded signal; each
+    relief is computed once for all distances and sizes."""
+    errors = {}
+    for declump in GRID["declump"]:
+        reliefs = [_relief(x, mask, declump) for x, mask in zip(signals, masks, strict=True)]
+        for min_distance in GRID["min_distance"]:
+            found = [
+                _segment_sizes(relief, mask, min_distance)
+                for relief, mask in zip(reliefs, masks, strict=True)
+            ]
+            for min_size in GRID["min_size"]:
+                counts = np.array([(sizes >= min_size).sum() for sizes in found])
+                errors[declump, min_distance, min_size] = float(np.abs(counts - truth).mean())
     return errors
 
 
