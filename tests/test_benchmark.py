@@ -194,3 +194,19 @@ def test_cli_benchmark_rejects_bad_requests_in_one_line(small_set, tmp_path):
         result = CliRunner().invoke(app, base + extra)
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_segmentation_counts_a_clump_it_cannot_split_by_its_size():
+    yy, xx = np.mgrid[:64, :96]
+    disks = [(16, 16), (16, 48), (48, 16)]
+    cells = sum(((yy - y) ** 2 + (xx - x) ** 2 <= 25) for y, x in disks)
+    clump = ((yy - 48) / 5) ** 2 + ((xx - 64) / 10) ** 2 <= 1  # two cells' area, one segment
+    image = (200.0 * ((cells + clump) > 0))[:, :, None]
+    area = int(((yy - 16) ** 2 + (xx - 16) ** 2 <= 25).sum())
+
+    def counter(cell_area):
+        return SegmentationCounter(SegmentationSettings(min_distance=30, cell_area=cell_area))
+
+    assert counter(0).count(image) == 4
+    assert counter(area).count(image) == 5
+    assert len(counter(area).points(image)) == 4

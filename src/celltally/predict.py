@@ -98,7 +98,7 @@ class ImageResult:
 def evaluate(model, samples: list, radius: float) -> dict:
     """Count and detection metrics of ``model`` on annotated ``samples``, with per-image rows
     and the inference speed (images/s, reading excluded). ``model`` is a ``CountingModel`` or
-    anything with ``points(image)`` (counted as its centres) or ``count(image)``."""
+    anything with ``count_and_points(image)`` (a detector) or ``count(image)``."""
     rows, found, truth, seconds = [], [], [], 0.0
     for sample in samples:
         image, points = sample.load()
@@ -125,9 +125,8 @@ def _count_and_points(model, image: np.ndarray, source: str) -> tuple[float, np.
     if hasattr(model, "predict_map"):  # a network: one forward pass for both
         density = model.predict_map(image, source=source)
         return model.count_from_map(density), model.peaks(density)
-    if hasattr(model, "points"):  # a detector (segmentation): its count is its centres
-        centres = model.points(image)
-        return float(len(centres)), centres
+    if hasattr(model, "count_and_points"):  # a detector (segmentation)
+        return model.count_and_points(image)
     return model.count(image), None
 
 
