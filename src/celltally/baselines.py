@@ -206,11 +206,13 @@ def _split_errors(
                 _segment_sizes(relief, mask, min_distance)
                 for relief, mask in zip(reliefs, masks, strict=True)
             ]
-            for min_size, cell_area in itertools.product(GRID["min_size"], GRID["cell_area"]):
-                counts = [_estimated_cells(sizes[sizes >= min_size], cell_area) for sizes in found]
-                errors[min_distance, declump, min_size, cell_area] = float(
-                    np.abs(np.array(counts) - truth).mean()
-                )
+            for min_size in GRID["min_size"]:
+                kept = [sizes[sizes >= min_size] for sizes in found]
+                for cell_area in GRID["cell_area"]:
+                    counts = np.array([_estimated_cells(k, cell_area) for k in kept])
+                    errors[min_distance, declump, min_size, cell_area] = float(
+                        np.abs(counts - truth).mean()
+                    )
     return errors
 
 
