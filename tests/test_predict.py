@@ -6,14 +6,15 @@ from celltally.errors import InputError
 from celltally.models import bundled_models, model_hash
 
 
-@pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b"])
+@pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b", "countception"])
 def test_tiled_prediction_equals_whole_image(name, rng):
     model = create_model(name, tile_size=64)  # 64-pixel tiles: a 203x171 image takes 4x3 tiles
     image = rng.random((203, 171), dtype=np.float32)
     tiled = model.predict_map(image)
     model.config.tile_size = 4096
     whole = model.predict_map(image)
-    assert tiled.shape == whole.shape == (203, 171)
+    grow = 2 * model.pad - model.shrink
+    assert tiled.shape == whole.shape == (203 + grow, 171 + grow)
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5)
     assert tiled.sum() == pytest.approx(whole.sum(), rel=1e-3)
 

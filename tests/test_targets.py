@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from celltally.data.patches import N_AUGMENTATIONS, PatchSampler, augment
+from celltally.models import create_model
 from celltally.targets import density_map
 
 
@@ -47,7 +48,7 @@ def test_augmentation_moves_pixels_and_dots_together(rng, k):
 def test_augmented_targets_keep_the_count(rng):
     image = rng.random((50, 70, 1), dtype=np.float32)
     points = rng.uniform([0, 0], [49, 69], size=(40, 2))
-    sampler = PatchSampler([image], [points], sigma=2.0, scale=100.0, rng=rng)
+    sampler = PatchSampler([image], [points], create_model("fcrn_a"), rng=rng)
     for k in range(N_AUGMENTATIONS):
         moved, density = sampler.augmented(0, k)
         assert density.shape == moved.shape[:2]
@@ -56,7 +57,7 @@ def test_augmented_targets_keep_the_count(rng):
 
 def test_patches_are_normalised_per_patch(rng):
     image = 10 + 5 * rng.random((60, 60, 1), dtype=np.float32)
-    sampler = PatchSampler([image], [np.zeros((0, 2))], sigma=2.0, scale=100.0, rng=rng)
+    sampler = PatchSampler([image], [np.zeros((0, 2))], create_model("fcrn_a"), rng=rng)
     inputs, targets = sampler.patches(4, 32)
     assert inputs.shape == (4, 1, 32, 32) and targets.shape == (4, 1, 32, 32)
     assert inputs.mean(dim=(1, 2, 3)).abs().max() < 1e-4

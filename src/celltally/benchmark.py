@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 
 from celltally.baselines import BASELINES, create_baseline
-from celltally.config import from_dict
 from celltally.data.datasets import Sample, default_channels, load_dataset, resolve_data
 from celltally.data.points import atomic_write
 from celltally.data.splits import (
@@ -109,7 +108,7 @@ class BenchmarkConfig:
             **shared,
             **self.settings.get(method, {}),
         }
-        return from_dict(TrainConfig, {**values, "arch": method, "seed": seed})
+        return TrainConfig.from_dict({**values, "arch": method, "seed": seed})
 
 
 def run_benchmark(

@@ -1,5 +1,5 @@
 """Running a model over whole images: tiles with context for large images, and the choice of
-the peak threshold that turns a density map into cell centres."""
+the peak threshold that turns an output map into cell centres."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ if TYPE_CHECKING:
 def predict_tiled(
     model: CountingModel, image: torch.Tensor, tile_size: int, margin: int
 ) -> np.ndarray:
-    """Predict the map of a normalised ``(C, H, W)`` image in tiles, in bounded memory.
+    """Predict the output map of a normalised, padded ``(C, H, W)`` image in tiles, in bounded
+    memory.
 
     Each tile's core is predicted from a window with ``margin`` pixels of context on every side
     and only the core is kept. Cores and windows start on multiples of the model's stride, so the
     network pools over the same pixel grid as in a whole-image pass; with a margin wider than
-    the network's reach, every kept pixel equals the whole-image prediction.
+    the network's reach, every kept pixel equals the whole-image prediction. Output pixel
+    ``(i, j)`` is computed from input pixels from ``(i, j)`` on (the output is ``model.shrink``
+    smaller than the input).
     """
-    stride = model.stride
+    stride, shrink = model.stride, model.shrink
     tile = max(stride, tile_size // stride * stride)
     margin = -(-margin // stride) * stride
-    height, width = image.shape[-2:]
+    height, width = image.shape[-2] - shrink, image.shape[-1] - shrink
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return _run(model, image)
     output = np.empty((height, width), dtype=np.float32)
@@ -39,8 +42,8 @@ def predict_tiled(
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
             y0, x0 = max(top - margin, 0), max(left - margin, 0)
-            window = image[:, y0 : min(bottom + margin, height), x0 : min(right + margin, width)]
-            prediction = _run(model, window)
+            y1, x1 = min(bottom + margin, height), min(right + margin, width)
+            prediction = _run(model, image[:, y0 : y1 + shrink, x0 : x1 + shrink])
             output[top:bottom, left:right] = prediction[
                 top - y0 : bottom - y0, left - x0 : right - x0
             ]
@@ -57,18 +60,21 @@ def choose_peak_threshold(
     true_points: list[np.ndarray],
     radius: float,
 ) -> float:
-    """The peak threshold with the best detection F1 over validation images.
+    """The peak threshold with the best detection F1 over validation images' output ``maps``.
 
     Candidates are quantiles of the local-maximum values found with no threshold.
     """
-    candidates = np.concatenate([m[tuple(model.peaks(m, 0.0).astype(int).T)] for m in maps])
+    centre_maps = [model.centre_map(m) for m in maps]
+    candidates = np.concatenate(
+        [m[tuple(model.local_maxima(m, 0.0).astype(int).T)] for m in centre_maps]
+    )
     if candidates.size == 0:
         return model.config.peak_threshold
     best_f1, best = -1.0, model.config.peak_threshold
     for threshold in np.unique(np.quantile(candidates, np.linspace(0.0, 0.95, 40))):
         tp = n_pred = n_true = 0
-        for density, truth in zip(maps, true_points, strict=True):
-            found = model.peaks(density, float(threshold))
+        for centre_map, truth in zip(centre_maps, true_points, strict=True):
+            found = model.local_maxima(centre_map, float(threshold))
             tp += match_points(found, truth, radius)
             n_pred, n_true = n_pred + len(found), n_true + len(truth)
         f1 = 2 * tp / max(n_pred + n_true, 1)
@@ -85,7 +91,7 @@ class ImageResult:
     source: Path
     page: int | None
     image: np.ndarray
-    density: np.ndarray
+    density: np.ndarray  # cells per pixel; sums to the count
     count: float
     points: np.ndarray
 
@@ -123,8 +129,8 @@ def evaluate(model, samples: list, radius: float) -> dict:
 
 def _count_and_points(model, image: np.ndarray, source: str) -> tuple[float, np.ndarray | None]:
     if hasattr(model, "predict_map"):  # a network: one forward pass for both
-        density = model.predict_map(image, source=source)
-        return model.count_from_map(density), model.peaks(density)
+        output = model.predict_map(image, source=source)
+        return model.count_from_map(output), model.peaks(output)
     if hasattr(model, "count_and_points"):  # a detector (segmentation)
         return model.count_and_points(image)
     return model.count(image), None
@@ -136,9 +142,8 @@ def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
     results = []
     for index, image in enumerate(pages):
         name = path.stem if len(pages) == 1 else f"{path.stem}_p{index:03d}"
-        density = model.predict_map(image, source=str(path))
-        points = model.peaks(density)
+        output = model.predict_map(image, source=str(path))
         page = None if len(pages) == 1 else index
-        count = model.count_from_map(density)
-        results.append(ImageResult(name, path, page, image, density, count, points))
+        count, points = model.count_from_map(output), model.peaks(output)
+        results.append(ImageResult(name, path, page, image, model.density(output), count, points))
     return results

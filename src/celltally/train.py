@@ -1,10 +1,11 @@
-"""Training a density model: random patches, then whole images, with checkpoints that resume.
+"""Training a counting model: random patches, then whole images, with checkpoints that resume.
 
-The recipe follows Xie et al. (2016): random 100x100 patches, each normalised by its own mean and
-std, flips and 90-degree rotations, MSE to the x100 density, SGD with momentum 0.9 and weight
+The FCRN recipe follows Xie et al. (2016): random 100x100 patches, each normalised by its own mean
+and std, flips and 90-degree rotations, MSE to the x100 density, SGD with momentum 0.9 and weight
 decay 5e-4, the learning rate cut by ``lr_gamma`` every ``lr_step`` epochs; then fine-tuning on
-whole images. The count MAE on the validation images is measured after every epoch and the best
-model kept.
+whole images. Count-ception's (Cohen et al. 2017) differs where its ``recipe`` says: L1 to the
+window count map, Adam at 5e-3, batches of 4. The count MAE on the validation images is measured
+after every epoch and the best model kept.
 
 A run folder holds ``model/`` (the best checkpoint, loadable by ``load_model``), ``last/`` (the
 latest epoch with optimiser and random state, from which an interrupted run resumes),
@@ -35,8 +36,11 @@ from celltally.data.points import atomic_write
 from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import CountingModel, create_model, load_model, save_model
 from celltally.models.io import WEIGHTS_FILE, versions
+from celltally.models.registry import architecture
 from celltally.predict import choose_peak_threshold
-from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, density_map
+from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+
+LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss}
 
 
 @dataclass
@@ -46,14 +50,20 @@ class TrainConfig:
     rate cut tenfold in steps, weight decay 5e-4, then whole images) with BatchNorm and Adam.
     The paper's SGD (``optimizer="sgd", lr=1e-2``, momentum 0.9) reached a higher loss in the
     same time here; the paper's networks have no BatchNorm, and without it SGD at 1e-2 diverges
-    (use ``lr=1e-3`` with ``batch_norm=False``).
+    (use ``lr=1e-3`` with ``batch_norm=False``). An architecture's ``recipe`` replaces some of
+    these defaults when the config is built with ``from_dict`` (Count-ception: L1 loss, Adam at
+    5e-3, batches of 4, no weight decay, whole-image normalisation).
 
     Attributes:
-        arch: registry name of the model (``fcrn_a``, ``fcrn_b``).
+        arch: registry name of the model (``fcrn_a``, ``fcrn_b``, ``countception``).
         in_channels: 1 for fluorescence (colours averaged), 3 for colour histology.
-        batch_norm: BatchNorm after each convolution (not in the paper).
+        batch_norm: BatchNorm after each convolution (not in the FCRN paper).
+        frozen_bn: BatchNorm keeps its initial statistics: an affine layer (see ``ModelConfig``).
         sigma, scale: the density target (Gaussian width in pixels, multiplier).
-        patch_size: side of the square training patches, in pixels.
+        loss: ``mse`` or ``l1`` between the output and the target map.
+        window_stride: Count-ception: train on (and read) every ``window_stride``-th pixel of the
+            count map (1, 2, 4, 8, 16 or 32).
+        patch_size: side of the square training input patches, in pixels (of the padded image).
         per_patch_norm: normalise each patch by its own mean and std (the paper); if false,
             patches keep the normalisation of their whole image, as at inference.
         batch_size: patches per optimiser step.
@@ -81,8 +91,11 @@ class TrainConfig:
     arch: str = "fcrn_a"
     in_channels: int = 1
     batch_norm: bool = True
+    frozen_bn: bool = False
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
+    loss: str = "mse"
+    window_stride: int = 1
     patch_size: int = 100
     per_patch_norm: bool = True
     batch_size: int = 16
@@ -106,6 +119,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
         positive = ("patch_size", "batch_size", "steps_per_epoch", "lr", "finetune_lr", "lr_step")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -115,8 +130,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (JSON settings), checking names and types."""
-        return config_from_dict(cls, values)
+        """Build from a dict (JSON settings), checking names and types, on top of the
+        architecture's recipe."""
+        recipe = architecture(values.get("arch", cls.arch)).recipe
+        return config_from_dict(cls, {**recipe, **values})
 
 
 @dataclass
@@ -145,16 +162,23 @@ def train(
         config.arch,
         in_channels=config.in_channels,
         batch_norm=config.batch_norm,
+        frozen_bn=config.frozen_bn,
+        window_stride=config.window_stride,
         sigma=config.sigma,
         scale=config.scale,
     )
+    if config.refit_readout and model.readout is None:
+        raise ValueError(f"{config.arch} has no linear readout to refit; set refit_readout=false")
     if config.init is not None:
         _start_from(model, config.init)
     train_data = _load(train_samples, config.in_channels)
     val_images, val_points = _load(val_samples, config.in_channels)
-    patch = min(config.patch_size, *(min(im.shape[:2]) for im in train_data[0]))
+    smallest = min(min(im.shape[:2]) for im in train_data[0]) + 2 * model.pad
+    patch = min(config.patch_size, smallest)
+    if patch <= model.shrink:
+        raise ValueError(f"{config.arch} needs patch_size > {model.shrink}, got {patch}")
     rng = np.random.default_rng(config.seed)
-    sampler = PatchSampler(*train_data, config.sigma, config.scale, rng, config.per_patch_norm)
+    sampler = PatchSampler(*train_data, model, rng, config.per_patch_norm)
     optimizer = _optimizer(config, model)
     state = _resume(out, model, optimizer, rng, config)
     _write_json(
@@ -170,7 +194,7 @@ def train(
             finetune = state.epoch >= config.epochs
             _set_lr(optimizer, _lr(config, state.epoch))
             loss = (
-                _finetune_epoch(model, sampler, optimizer, config.bf16)
+                _finetune_epoch(model, sampler, optimizer, config)
                 if finetune
                 else _patch_epoch(model, sampler, optimizer, config, patch)
             )
@@ -266,10 +290,10 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
         for image, dots in zip(images, points, strict=True):
             features.clear()
             model.forward_padded(model.prepare(image)[None])
-            height, width = image.shape[:2]
+            target = model.training_target(dots, image.shape[:2])
+            height, width = target.shape
             x = features[0][0, :, :height, :width].reshape(n - 1, -1).double()
             x = torch.cat([x, torch.ones(1, x.shape[1], dtype=torch.float64)])
-            target = density_map(dots, (height, width), model.config.sigma, model.config.scale)
             gram += x @ x.T
             moment += x @ torch.from_numpy(target.reshape(-1)).double()
     finally:
@@ -290,11 +314,11 @@ def _patch_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig, p
     losses = []
     for _ in range(config.steps_per_epoch):
         inputs, targets = sampler.patches(config.batch_size, patch)
-        losses.append(_step(model, optimizer, inputs, targets, config.bf16))
+        losses.append(_step(model, optimizer, inputs, targets, config))
     return float(np.mean(losses))
 
 
-def _finetune_epoch(model, sampler: PatchSampler, optimizer, bf16: bool) -> float:
+def _finetune_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig) -> float:
     """One pass over the whole training images, BatchNorm statistics frozen.
 
     Inference normalises with the statistics gathered on patches; freezing them here lets the
@@ -306,13 +330,17 @@ def _finetune_epoch(model, sampler: PatchSampler, optimizer, bf16: bool) -> floa
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
     order = sampler.rng.permutation(len(sampler.images))
-    return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), bf16) for i in order]))
+    return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), config) for i in order]))
 
 
-def _step(model, optimizer, inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> float:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+def _step(model, optimizer, inputs: torch.Tensor, targets: torch.Tensor, config) -> float:
+    """One optimiser step on the target pixels every ``window_stride``-th row and column."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         prediction = model.forward_padded(inputs)
-    loss = torch.nn.functional.mse_loss(prediction.float(), targets)
+    step = config.window_stride
+    loss = LOSSES[config.loss](
+        prediction.float()[..., ::step, ::step], targets[..., ::step, ::step]
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

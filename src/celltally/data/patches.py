@@ -1,18 +1,23 @@
 """Training batches: random, count-preserving augmentations of annotated images and patches.
 
 An augmentation is one of the 8 flips / 90-degree rotations. It moves the image pixels and the
-dots together; the density target is then rendered afresh from the moved dots (never warped),
-so every target sums to exactly ``scale`` x its dots. Rendered targets are cached per
-(image, augmentation): there are only 8 per image.
+dots together; the target is then rendered afresh from the moved dots (never warped), so every
+density target sums to exactly ``scale`` x its dots and every count map counts each dot exactly.
+Rendered targets are cached per (image, augmentation): there are only 8 per image.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from celltally.models.base import normalise
-from celltally.targets import density_map
+
+if TYPE_CHECKING:
+    from celltally.models.base import CountingModel
 
 N_AUGMENTATIONS = 8
 
@@ -33,57 +38,65 @@ def augment(image: np.ndarray, points: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 class PatchSampler:
-    """Draws batches of normalised image patches and their density targets.
+    """Draws batches of normalised image patches and the model's targets for them.
 
-    ``per_patch``: normalise each patch by its own mean and std (the paper); otherwise by its
-    whole image's, as at inference.
+    Images are padded as the model pads them (``model.pad``), and a patch's target is the piece
+    of the whole image's target that the network computes from that patch (``model.shrink``
+    smaller). ``per_patch``: normalise each patch by its own mean and std (the paper; only for
+    unpadded models); otherwise by its whole image's, as at inference.
     """
 
     def __init__(
         self,
         images: list[np.ndarray],
         points: list[np.ndarray],
-        sigma: float,
-        scale: float,
+        model: CountingModel,
         rng: np.random.Generator,
         per_patch: bool = True,
     ):
+        if per_patch and model.pad:
+            raise ValueError(
+                f"{model.config.arch} pads whole normalised images; set per_patch_norm=false"
+            )
         self.images, self.points, self.per_patch = images, points, per_patch
-        self.sigma, self.scale, self.rng = sigma, scale, rng
+        self.model, self.rng = model, rng
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def augmented(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image, density) of image ``index`` under augmentation ``k``."""
+        """(padded image, target) of image ``index`` under augmentation ``k``."""
         key = (index, k)
         if key not in self._cache:
             image, points = augment(self.images[index], self.points[index], k)
+            target = self.model.training_target(points, image.shape[:2])
             if not self.per_patch:
-                image = normalise(torch.from_numpy(image.transpose(2, 0, 1).copy())).numpy()
-                image = np.ascontiguousarray(image.transpose(1, 2, 0))
-            self._cache[key] = (image, density_map(points, image.shape[:2], self.sigma, self.scale))
+                tensor = normalise(torch.from_numpy(image.transpose(2, 0, 1).copy()))
+                tensor = F.pad(tensor, (self.model.pad,) * 4)
+                image = np.ascontiguousarray(tensor.numpy().transpose(1, 2, 0))
+            self._cache[key] = (image, target)
         return self._cache[key]
 
     def patches(self, batch_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of random ``size`` x ``size`` patches and their density targets."""
+        """A batch of random ``size`` x ``size`` input patches and their targets."""
         inputs, targets = [], []
+        out = size - self.model.shrink
         for _ in range(batch_size):
             index = int(self.rng.integers(len(self.images)))
-            image, density = self.augmented(index, int(self.rng.integers(N_AUGMENTATIONS)))
-            top = int(self.rng.integers(image.shape[0] - size + 1))
-            left = int(self.rng.integers(image.shape[1] - size + 1))
+            image, target = self.augmented(index, int(self.rng.integers(N_AUGMENTATIONS)))
+            top = int(self.rng.integers(target.shape[0] - out + 1))
+            left = int(self.rng.integers(target.shape[1] - out + 1))
             inputs.append(image[top : top + size, left : left + size])
-            targets.append(density[top : top + size, left : left + size])
+            targets.append(target[top : top + out, left : left + out])
         return _to_batch(inputs, targets, self.per_patch)
 
     def whole(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``index`` whole, randomly augmented: a batch of one for fine-tuning."""
-        image, density = self.augmented(index, int(self.rng.integers(N_AUGMENTATIONS)))
-        return _to_batch([image], [density])
+        image, target = self.augmented(index, int(self.rng.integers(N_AUGMENTATIONS)))
+        return _to_batch([image], [target], self.per_patch)
 
 
 def _to_batch(
-    images: list[np.ndarray], densities: list[np.ndarray], normalised: bool = True
+    images: list[np.ndarray], targets: list[np.ndarray], normalise_each: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
-    targets = torch.from_numpy(np.stack(densities)[:, None].copy())
-    return (normalise(inputs) if normalised else inputs), targets
+    targets_batch = torch.from_numpy(np.stack(targets)[:, None].copy())
+    return (normalise(inputs) if normalise_each else inputs), targets_batch

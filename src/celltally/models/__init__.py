@@ -1,6 +1,6 @@
 """Counting models: one file per method, a registry, and checkpoint loading."""
 
-from celltally.models import fcrn  # noqa: F401  (registers fcrn_a, fcrn_b)
+from celltally.models import countception, fcrn  # noqa: F401  (register the architectures)
 from celltally.models.base import CountingModel, ModelConfig
 from celltally.models.io import (
     DEFAULT_MODEL,

@@ -1,9 +1,13 @@
 """What every counting model shares: its config, input normalisation, padding, and readout.
 
-A model maps a normalised image to a map whose sum, divided by ``count_divisor``, is the count.
-``count``, ``points`` and ``predict_map`` take raw images (any dtype, ``(H, W)`` or ``(H, W, C)``)
-and apply the training normalisation themselves: each image is standardised by its own mean and
-standard deviation over all pixels and channels, as the training patches were.
+A model maps a normalised image (zero-padded by ``pad`` pixels) to an output map whose sum,
+divided by ``count_divisor``, is the count: a density map for the FCRNs, a count map ``2 * pad -
+shrink`` pixels larger than the image for Count-ception. ``density`` turns an output into cells
+per pixel at the image's resolution, ``centre_map`` into the map whose local maxima are the
+cell centres. ``count``, ``points`` and ``predict_map`` take raw images (any dtype, ``(H, W)``
+or ``(H, W, C)``) and apply the training normalisation themselves: each image is standardised
+by its own mean and standard deviation over all pixels and channels, as the training patches
+were.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import nn
 
 from celltally.data.images import as_image, to_channels
 from celltally.errors import InputError
-from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
 
 
 @dataclass
@@ -27,9 +31,14 @@ class ModelConfig:
     """Everything needed to rebuild a model and read its output. Saved as ``config.json``.
 
     Attributes:
-        arch: registry name of the architecture (``fcrn_a``, ``fcrn_b``).
+        arch: registry name of the architecture (``fcrn_a``, ``fcrn_b``, ``countception``).
         in_channels: 1 (images are averaged over colour; fluorescence) or 3 (RGB; histology).
-        batch_norm: add BatchNorm after each convolution (not in the FCRN paper; off by default).
+        batch_norm: add BatchNorm after each convolution (not in the FCRN paper; off by default;
+            Count-ception always has it).
+        frozen_bn: BatchNorm keeps its initial statistics (mean 0, variance 1) in training too,
+            which makes it a learned affine layer (the original Count-ception training).
+        window_stride: Count-ception reads every ``window_stride``-th pixel of its count map
+            (1, 2, 4, 8, 16 or 32), where each cell is counted (32 / stride)^2 times.
         sigma: width in pixels of the Gaussian per dot in the training target.
         scale: the target is ``scale`` x the density; the count is the map's sum / ``scale``.
         peak_threshold: smallest map value of a detected centre; chosen on validation data.
@@ -41,6 +50,8 @@ class ModelConfig:
     arch: str
     in_channels: int = 1
     batch_norm: bool = False
+    frozen_bn: bool = False
+    window_stride: int = 1
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
     peak_threshold: float = 0.5
@@ -53,6 +64,10 @@ class ModelConfig:
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.sigma <= 0 or self.scale <= 0:
             raise ValueError(f"sigma and scale must be positive, got {self.sigma}, {self.scale}")
+        if self.window_stride < 1 or WINDOW % self.window_stride:
+            raise ValueError(
+                f"window_stride must divide {WINDOW} (1, 2, 4, 8, 16, 32), got {self.window_stride}"
+            )
         if self.min_distance < 1:
             raise ValueError(f"min_distance must be at least 1 pixel, got {self.min_distance}")
         if self.tile_size < 64:
@@ -78,15 +93,19 @@ class CountingModel(nn.Module):
     stride: ClassVar[int]  # input sides must be multiples of this; inputs are padded to it
     tile_margin: ClassVar[int]  # context around a tile that makes tiled == whole-image output
     min_size: ClassVar[int]  # the smallest image side the model accepts
+    pad: ClassVar[int] = 0  # zeros added around every normalised image
+    shrink: ClassVar[int] = 0  # the output is this much smaller than the (padded) input
+    recipe: ClassVar[dict] = {}  # training settings that differ from TrainConfig's defaults
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
 
     @property
-    def readout(self) -> nn.Conv2d:
-        """The final 1x1 convolution, linear in its input features (refit after training)."""
-        raise NotImplementedError
+    def readout(self) -> nn.Conv2d | None:
+        """The final 1x1 convolution if the output is linear in its input features (then it can
+        be refitted after training), else ``None``."""
+        return None
 
     @property
     def count_divisor(self) -> float:
@@ -102,14 +121,30 @@ class CountingModel(nn.Module):
         """Cell centres ``(N, 2)`` (y, x) in ``image``: local maxima of the predicted map."""
         return self.peaks(self.predict_map(image))
 
-    def count_from_map(self, density: np.ndarray) -> float:
-        return float(density.sum(dtype=np.float64) / self.count_divisor)
+    def count_from_map(self, output: np.ndarray) -> float:
+        return float(output.sum(dtype=np.float64) / self.count_divisor)
 
-    def peaks(self, density: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Local maxima at least ``min_distance`` apart and above the threshold."""
+    def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The map the network learns to output for an image of ``shape`` with ``points``."""
+        return density_map(points, shape, self.config.sigma, self.config.scale)
+
+    def density(self, output: np.ndarray) -> np.ndarray:
+        """Cells per pixel at the image's resolution, summing to the count."""
+        return output / np.float32(self.count_divisor)
+
+    def centre_map(self, output: np.ndarray) -> np.ndarray:
+        """The image-sized map whose local maxima are the centres (the output itself here)."""
+        return output
+
+    def peaks(self, output: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Local maxima of ``centre_map(output)`` at least ``min_distance`` apart and above
+        the threshold."""
+        return self.local_maxima(self.centre_map(output), threshold)
+
+    def local_maxima(self, centre_map: np.ndarray, threshold: float | None = None) -> np.ndarray:
         threshold = self.config.peak_threshold if threshold is None else threshold
         found = peak_local_max(
-            density,
+            centre_map,
             min_distance=self.config.min_distance,
             threshold_abs=threshold,
             exclude_border=False,
@@ -118,7 +153,7 @@ class CountingModel(nn.Module):
 
     @torch.no_grad()
     def predict_map(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
-        """The predicted map (density for FCRNs) at the image's resolution, tiled if large."""
+        """The output map (see the module docs), predicted in tiles if the image is large."""
         from celltally.predict import predict_tiled  # predict builds on this module
 
         tensor = self.prepare(image, source)
@@ -130,7 +165,8 @@ class CountingModel(nn.Module):
             self.train(was_training)
 
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
-        """Raw image -> normalised ``(C, H, W)`` float tensor on the model's device."""
+        """Raw image -> normalised, zero-padded ``(C, H + 2 pad, W + 2 pad)`` float tensor on the
+        model's device."""
         image = to_channels(as_image(image, source), self.config.in_channels)
         height, width = image.shape[:2]
         if min(height, width) < self.min_size:
@@ -141,7 +177,16 @@ class CountingModel(nn.Module):
                 f" minimum of {self.config.arch}",
             )
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return normalise(tensor).to(self.device)
+        return F.pad(normalise(tensor), (self.pad,) * 4).to(self.device)
+
+    def train(self, mode: bool = True) -> CountingModel:
+        """As ``nn.Module.train``, but with ``frozen_bn`` BatchNorm always uses its statistics."""
+        super().train(mode)
+        if self.config.frozen_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     # ---- network plumbing -----------------------------------------------------------------
     @property

@@ -68,7 +68,7 @@ class FCRN(CountingModel):
         return self.layers(x)
 
     @property
-    def readout(self) -> nn.Conv2d:
+    def readout(self) -> nn.Conv2d | None:
         return self.layers.density
 
 

@@ -25,10 +25,16 @@ def list_models() -> list[str]:
     return sorted(_ARCHITECTURES)
 
 
-def create_model(name: str, **config: Any) -> CountingModel:
-    """Build architecture ``name`` with ``config`` (fields of ``ModelConfig``) as overrides."""
+def architecture(name: str) -> type[CountingModel]:
+    """The model class registered as ``name``."""
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return _ARCHITECTURES[name]
+
+
+def create_model(name: str, **config: Any) -> CountingModel:
+    """Build architecture ``name`` with ``config`` (fields of ``ModelConfig``) as overrides."""
+    architecture(name)
     return build_model(ModelConfig(arch=name, **config))
 
 

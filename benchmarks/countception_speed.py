@@ -1,0 +1,122 @@
+"""Benchmark: Count-ception's training step and inference with FFT against direct convolutions.
+
+Both run the same model (same weights) on one 256x256 image (a 320x320 padded input), side by
+side in one process: a training step is forward, L1 loss, backward and an Adam step, in
+training mode; inference is a forward pass in evaluation mode. Timings are medians over
+``--repeats`` alternating rounds after a warm-up. The ``countception-speed`` section of
+RESULTS.md.
+
+    python benchmarks/countception_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from celltally import create_model
+from celltally.targets import WINDOW
+from results import write_section
+
+SIDE = 256
+MODES = {  # name: (FFT convolutions, bfloat16 autocast)
+    "direct, float32": (False, False),
+    "FFT, float32": (True, False),
+    "FFT, bfloat16 autocast": (True, True),
+}
+
+
+def train_step(model, optimizer, image, target, bf16: bool) -> float:
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        output = model(image)
+    loss = torch.nn.functional.l1_loss(output.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
+def inference(model, image, bf16: bool) -> float:
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(image)
+    return time.perf_counter() - started
+
+
+def measure(repeats: int) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    model = create_model("countception")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny: weights barely move
+    image = torch.randn(1, 1, SIDE + 2 * WINDOW, SIDE + 2 * WINDOW)
+    image = image.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(1, 1, SIDE + WINDOW, SIDE + WINDOW)
+    times: dict[str, dict[str, list[float]]] = {m: {"train": [], "infer": []} for m in MODES}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for mode, (fast, bf16) in MODES.items():
+            model.use_fft(fast).train()
+            step = train_step(model, optimizer, image, target, bf16)
+            model.eval()
+            forward = inference(model, image, bf16)
+            if round_:
+                times[mode]["train"].append(step)
+                times[mode]["infer"].append(forward)
+    return {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
+
+
+@torch.no_grad()
+def agreement() -> float:
+    """Largest |FFT - direct| output difference of the evaluation-mode model, relative to the
+    largest output."""
+    torch.manual_seed(1)
+    model = create_model("countception").eval()
+    image = torch.randn(1, 1, SIDE + 2 * WINDOW, SIDE + 2 * WINDOW)
+    fast, direct = model.use_fft(True)(image), model.use_fft(False)(image)
+    return float((fast - direct).abs().max() / direct.abs().max())
+
+
+def report(times: dict[str, dict[str, float]], error: float, repeats: int) -> str:
+    base = times["direct, float32"]
+    rows = [
+        f"| {mode} | {t['train']:.2f} | {base['train'] / t['train']:.1f}x"
+        f" | {t['infer']:.2f} | {base['infer'] / t['infer']:.1f}x |"
+        for mode, t in times.items()
+    ]
+    return "\n".join(
+        [
+            "### Count-ception: FFT against direct convolutions",
+            "",
+            "Command: `python benchmarks/countception_speed.py`",
+            "",
+            f"One {SIDE}x{SIDE} image, batch of 1, {torch.get_num_threads()} threads; medians of"
+            f" {repeats} alternating rounds in one run. Training step = forward, L1 loss, backward,"
+            " Adam step. The FFT replaces the 14x14 and 18x18 convolutions only; with bfloat16"
+            " autocast the other convolutions run in bfloat16 and the FFTs in float32.",
+            "",
+            "| convolutions | training step (s) | speed-up | inference (s) | speed-up |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Largest output difference FFT - direct: {error:.1e} of the largest output"
+            " (evaluation mode, float32). Forward and backward agreement per layer is a test"
+            " (`tests/test_countception.py`).",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    times = measure(args.repeats)
+    text = report(times, agreement(), args.repeats)
+    print(text)
+    write_section("countception-speed", text)
+
+
+if __name__ == "__main__":
+    main()
