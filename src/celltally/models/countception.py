@@ -14,9 +14,9 @@ network itself pads nothing but the 3x3 branches: 3 + 14 + 18 - 3 = 32 pixels ar
 output is the image size + 32. 1,681,058 parameters for one input channel (1,679,488
 convolution weights, 1,570 BatchNorm scales and shifts).
 
-The 14x14 and 18x18 convolutions are 90% of the arithmetic. ``FFTConv2d`` computes them by FFT
-in 64x64 blocks (overlap-save), the same function to float32 rounding, several times faster
-(``benchmarks/RESULTS.md``).
+The 14x14 and 18x18 convolutions are nearly 90% of the arithmetic. ``FFTConv2d`` computes them
+by FFT in 64x64 tiles (overlap-save): the same function to float32 rounding, and the training
+step 3x faster (``benchmarks/RESULTS.md``).
 
 The paper says a count map cannot give positions. It can: the count map is the dot map convolved
 with a 32x32 box, so Richardson-Lucy deconvolution (non-negative by construction) recovers a
@@ -38,7 +38,7 @@ from celltally.models.registry import register_model
 from celltally.targets import WINDOW, count_map, window_sums, window_sums_adjoint
 
 LEAK = 0.01
-FFT_BLOCK = 64  # overlap-save block side: the fastest of 48, 64, 96 and 128 measured
+FFT_BLOCK = 64  # overlap-save tile side: the fastest of 48, 64, 80, 96 and 128 measured
 DECONVOLUTION_STEPS = 100  # F1 0.88 on ideal maps, 0.6 s per 256x256 image (RESULTS.md)
 CENTRE_SMOOTHING = 1.0  # pixels: Gaussian applied to the deconvolved density before peaks
 
