@@ -332,14 +332,14 @@ def _finetune_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig
     image would give poor statistics anyway).
     """
     model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    model.freeze_batch_norm()
     order = sampler.rng.permutation(len(sampler.images))
     return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), config) for i in order]))
 
 
-def _step(model, optimizer, inputs: torch.Tensor, targets: torch.Tensor, config) -> float:
+def _step(
+    model, optimizer, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig
+) -> float:
     """One optimiser step on the target pixels every ``window_stride``-th row and column."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         prediction = model.forward_padded(inputs)

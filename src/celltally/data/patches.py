@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from celltally.models.base import normalise
 
@@ -69,8 +68,7 @@ class PatchSampler:
             image, points = augment(self.images[index], self.points[index], k)
             target = self.model.training_target(points, image.shape[:2])
             if not self.per_patch:
-                tensor = normalise(torch.from_numpy(image.transpose(2, 0, 1).copy()))
-                tensor = F.pad(tensor, (self.model.pad,) * 4)
+                tensor = self.model.network_input(torch.from_numpy(image.transpose(2, 0, 1).copy()))
                 image = np.ascontiguousarray(tensor.numpy().transpose(1, 2, 0))
             self._cache[key] = (image, target)
         return self._cache[key]

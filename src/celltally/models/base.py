@@ -177,16 +177,25 @@ class CountingModel(nn.Module):
                 f" minimum of {self.config.arch}",
             )
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return F.pad(normalise(tensor), (self.pad,) * 4).to(self.device)
+        return self.network_input(tensor).to(self.device)
+
+    def network_input(self, image: torch.Tensor) -> torch.Tensor:
+        """A ``(C, H, W)`` image normalised and zero-padded by ``pad``, as the network sees it."""
+        return F.pad(normalise(image), (self.pad,) * 4)
 
     def train(self, mode: bool = True) -> CountingModel:
         """As ``nn.Module.train``, but with ``frozen_bn`` BatchNorm always uses its statistics."""
         super().train(mode)
         if self.config.frozen_bn:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            self.freeze_batch_norm()
         return self
+
+    def freeze_batch_norm(self) -> None:
+        """Put every BatchNorm layer in evaluation mode: it normalises with its statistics and
+        no longer updates them."""
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
     # ---- network plumbing -----------------------------------------------------------------
     @property

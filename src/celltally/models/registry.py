@@ -34,12 +34,11 @@ def architecture(name: str) -> type[CountingModel]:
 
 def create_model(name: str, **config: Any) -> CountingModel:
     """Build architecture ``name`` with ``config`` (fields of ``ModelConfig``) as overrides."""
-    architecture(name)
     return build_model(ModelConfig(arch=name, **config))
 
 
 def build_model(config: ModelConfig) -> CountingModel:
     """Build the architecture ``config.arch`` names, its weights channels-last (see
     ``CountingModel.forward_padded``)."""
-    model = _ARCHITECTURES[config.arch](config)
+    model = architecture(config.arch)(config)
     return model.to(memory_format=torch.channels_last)
