@@ -2,7 +2,8 @@
 
 Both run the same model (same weights) on one 256x256 image (a 320x320 padded input), side by
 side in one process: a training step is forward, L1 loss, backward and an Adam step, in
-training mode; inference is a forward pass in evaluation mode. Timings are medians over
+training mode with the recipe's frozen BatchNorm; inference is a forward pass in evaluation
+mode. Timings are medians over
 ``--repeats`` alternating rounds after a warm-up. The ``countception-speed`` section of
 RESULTS.md.
 
@@ -50,7 +51,7 @@ def inference(model, image, bf16: bool) -> float:
 
 def measure(repeats: int) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
-    model = create_model("countception")
+    model = create_model("countception", frozen_bn=True)  # the training recipe's BatchNorm
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny: weights barely move
     image = torch.randn(1, 1, SIDE + 2 * WINDOW, SIDE + 2 * WINDOW)
     image = image.contiguous(memory_format=torch.channels_last)

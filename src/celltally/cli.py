@@ -1,4 +1,4 @@
-"""The ``celltally`` command line: count, train, synth, evaluate, benchmark, models."""
+"""The ``celltally`` command line: count, train, synth, evaluate, calibrate, benchmark, models."""
 
 from __future__ import annotations
 
@@ -34,12 +34,19 @@ from celltally.data.synth import (
 from celltally.errors import InputError
 from celltally.metrics import DETECTION_RADIUS
 from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
-from celltally.models.io import resolve_model, versions
+from celltally.models.io import resolve_model, save_model, versions
 from celltally.predict import ImageResult, count_file
 from celltally.predict import evaluate as evaluate_model
 from celltally.train import TrainConfig
 from celltally.train import train as run_training
-from celltally.viz import save_overlay
+from celltally.uncertainty import (
+    DEFAULT_LEVEL,
+    check_intervals,
+    min_calibration_images,
+    model_scores,
+    reliability,
+)
+from celltally.viz import RELIABILITY_LEVELS, save_overlay, save_reliability_plot
 
 app = typer.Typer(
     help="Count and locate cells in microscopy images.", no_args_is_help=True, add_completion=False
@@ -50,6 +57,16 @@ errors = Console(stderr=True, highlight=False)
 ModelOption = Annotated[
     str,
     typer.Option("--model", "-m", help="Bundled model name, checkpoint folder or training run."),
+]
+IntervalOption = Annotated[
+    bool,
+    typer.Option(
+        "--ci",
+        help="Calibrated count intervals (models with a variance head): ci_low, ci_high, std.",
+    ),
+]
+LevelOption = Annotated[
+    float, typer.Option(help="Interval level with --ci, a fraction.", min=0.01, max=0.999)
 ]
 
 
@@ -65,6 +82,8 @@ def count(
         "celltally-out"
     ),
     overlays: Annotated[bool, typer.Option(help="Write overlay PNGs.")] = True,
+    ci: IntervalOption = False,
+    level: LevelOption = DEFAULT_LEVEL,
 ) -> None:
     """Count cells per image: counts.csv, points/, density/, overlays/ and run.json in OUT."""
     try:
@@ -72,14 +91,16 @@ def count(
         if not files:
             raise InputError(" ".join(paths), "no images found (PNG, JPEG, TIFF or BMP)")
         counter = load_model(model)
-    except InputError as error:
+        if ci:
+            check_intervals(counter, level)
+    except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
     rows, failed = [], 0
     names: set[str] = set()
     for path in track(files, description="counting", console=errors, transient=True):
         try:
-            results = count_file(counter, path)
+            results = count_file(counter, path, level if ci else None)
         except InputError as error:
             fail(str(error))
             failed += 1
@@ -87,15 +108,13 @@ def count(
         for result in results:
             result.name = _unique(result.name, names)
             _write_outputs(out, result, overlays)
-            rows.append(
-                {
-                    "image": result.label,
-                    "count": round(result.count, 3),
-                    "n_points": len(result.points),
-                    "model": model,
-                }
-            )
-    table = pd.DataFrame(rows, columns=["image", "count", "n_points", "model"])
+            row = {"image": result.label, "count": round(result.count, 3)}
+            if result.interval is not None:
+                bounds = result.interval
+                row |= {"ci_low": bounds.low, "ci_high": bounds.high, "std": bounds.std}
+            rows.append(row | {"n_points": len(result.points), "model": model})
+    columns = ["image", "count", *(["ci_low", "ci_high", "std"] if ci else []), "n_points", "model"]
+    table = pd.DataFrame(rows, columns=columns).round(3)
     atomic_write(out / "counts.csv", lambda tmp: table.to_csv(tmp, index=False))
     record = {
         "command": "count",
@@ -289,16 +308,27 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")
     ] = None,
+    ci: IntervalOption = False,
+    level: LevelOption = DEFAULT_LEVEL,
+    reliability: Annotated[
+        Path | None,
+        typer.Option(help="With --ci: write the reliability plot (PNG) here."),
+    ] = None,
 ) -> None:
-    """Count MAE, RMSE, relative error and detection precision / recall / F1 on annotated images."""
+    """Count MAE, RMSE, relative error and detection precision / recall / F1 on annotated images;
+    with --ci, the coverage and mean width of the count intervals."""
     try:
         counter = load_model(model)
+        if ci:
+            check_intervals(counter, level)
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
-        metrics = evaluate_model(counter, samples, radius)
+        metrics = evaluate_model(counter, samples, radius, level if ci else None)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
+    if ci:
+        metrics["reliability"] = _reliability(counter, metrics["images"], reliability)
     result = {
         "model": model,
         "model_hash": model_hash(model),
@@ -311,6 +341,47 @@ def evaluate(
     _print_evaluation(result)
     if out:
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+
+
+@app.command()
+def calibrate(
+    data: Annotated[str, typer.Option(help="Annotated images the model was not trained on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the recalibrated model.")],
+    model: ModelOption = DEFAULT_MODEL,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
+    ] = None,
+    subset: Annotated[
+        str, typer.Option(help="'all' images, or 'test' (those the model never saw).")
+    ] = "all",
+) -> None:
+    """Recalibrate the count intervals of a model with a variance head on annotated images
+    (conformal prediction); writes the recalibrated copy to OUT."""
+    try:
+        counter = load_model(model)
+        if not counter.config.variance_head:
+            raise ValueError(
+                f"this {counter.config.arch} model has no variance head to calibrate;"
+                " train one with --set variance_head=true"
+            )
+        root, fmt = resolve_data(data, fmt)
+        samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
+        outputs, truth = [], []
+        for sample in track(samples, description="calibrating", console=errors, transient=True):
+            image, points = sample.load()
+            outputs.append(counter.predict_output(image, source=str(sample.image_path)))
+            truth.append(len(points))
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    counter.config.conformal_scores = model_scores(counter, outputs, truth)
+    counter.config.training["calibration"] = {"data": str(root), "images": len(samples)}
+    save_model(counter, out)
+    levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(samples)]
+    console.print(
+        f"calibrated on {len(samples)} images; intervals available at levels up to"
+        f" {max(levels, default=0):.0%}; model written to {out}"
+    )
 
 
 def _evaluation_set(samples, fmt: str, subset: str, training: dict) -> list:
@@ -347,6 +418,25 @@ def _print_evaluation(result: dict) -> None:
     )
     console.print(view)
     console.print(f"detection: one-to-one matches within {d['radius']:g} px")
+    if result.get("interval"):
+        i = result["interval"]
+        console.print(
+            f"{i['level']:.0%} intervals: coverage {i['coverage']:.1%} of {result['n_images']}"
+            f" images, mean width {i['mean_width']:.2f} cells"
+        )
+
+
+def _reliability(model, rows: list[dict], plot: Path | None) -> dict[str, list[float]]:
+    """Observed coverage at the nominal levels the calibration supports; plotted to ``plot``."""
+    scores = model.config.conformal_scores
+    levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(scores)]
+    observed = reliability(
+        [r["count"] for r in rows], [r["sigma"] for r in rows], [r["true"] for r in rows],
+        scores, levels,
+    )  # fmt: skip
+    if plot is not None:
+        save_reliability_plot(plot, levels, observed, len(rows))
+    return {"levels": levels, "observed": observed}
 
 
 @app.command()

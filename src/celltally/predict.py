@@ -13,6 +13,7 @@ import torch
 
 from celltally.data.images import read_pages
 from celltally.metrics import count_metrics, detection_metrics, match_points
+from celltally.uncertainty import CountInterval
 
 if TYPE_CHECKING:
     from celltally.models.base import CountingModel
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
 def predict_tiled(
     model: CountingModel, image: torch.Tensor, tile_size: int, margin: int
 ) -> np.ndarray:
-    """Predict the output map of a normalised, padded ``(C, H, W)`` image in tiles, in bounded
-    memory.
+    """Predict the ``(out_channels, H, W)`` output of a normalised, padded ``(C, H, W)`` image in
+    tiles, in bounded memory.
 
     Each tile's core is predicted from a window with ``margin`` pixels of context on every side
     and only the core is kept. Cores and windows start on multiples of the model's stride, so the
@@ -37,21 +38,21 @@ def predict_tiled(
     height, width = image.shape[-2] - shrink, image.shape[-1] - shrink
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return _run(model, image)
-    output = np.empty((height, width), dtype=np.float32)
+    output = np.empty((model.out_channels, height, width), dtype=np.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
             y0, x0 = max(top - margin, 0), max(left - margin, 0)
             y1, x1 = min(bottom + margin, height), min(right + margin, width)
             prediction = _run(model, image[:, y0 : y1 + shrink, x0 : x1 + shrink])
-            output[top:bottom, left:right] = prediction[
-                top - y0 : bottom - y0, left - x0 : right - x0
+            output[:, top:bottom, left:right] = prediction[
+                :, top - y0 : bottom - y0, left - x0 : right - x0
             ]
     return output
 
 
 def _run(model: CountingModel, image: torch.Tensor) -> np.ndarray:
-    return model.forward_padded(image[None])[0, 0].cpu().numpy()
+    return model.forward_padded(image[None])[0].float().cpu().numpy()
 
 
 def choose_peak_threshold(
@@ -94,6 +95,7 @@ class ImageResult:
     density: np.ndarray  # cells per pixel; sums to the count
     count: float
     points: np.ndarray
+    interval: CountInterval | None = None
 
     @property
     def label(self) -> str:
@@ -101,49 +103,73 @@ class ImageResult:
         return str(self.source) if self.page is None else f"{self.source}#{self.page}"
 
 
-def evaluate(model, samples: list, radius: float) -> dict:
+def evaluate(model, samples: list, radius: float, level: float | None = None) -> dict:
     """Count and detection metrics of ``model`` on annotated ``samples``, with per-image rows
     and the inference speed (images/s, reading excluded). ``model`` is a ``CountingModel`` or
-    anything with ``count_and_points(image)`` (a detector) or ``count(image)``."""
+    anything with ``count_and_points(image)`` (a detector) or ``count(image)``. With ``level``
+    (a model with calibrated intervals), the intervals' coverage and mean width too."""
     rows, found, truth, seconds = [], [], [], 0.0
     for sample in samples:
         image, points = sample.load()
         started = time.perf_counter()
-        count, centres = _count_and_points(model, image, str(sample.image_path))
+        count, centres, bounds = _predict(model, image, str(sample.image_path), level)
         seconds += time.perf_counter() - started
         found.append(centres)
         truth.append(points)
         n_points = None if centres is None else len(centres)
-        rows.append(
-            {"image": sample.name, "true": len(points), "count": count, "n_points": n_points}
-        )
+        row = {"image": sample.name, "true": len(points), "count": count, "n_points": n_points}
+        if bounds is not None:
+            row |= {
+                "low": bounds.low,
+                "high": bounds.high,
+                "std": bounds.std,
+                "sigma": bounds.sigma,
+            }
+        rows.append(row)
     detects = all(centres is not None for centres in found)
     return {
         "n_images": len(rows),
         "count": count_metrics([r["true"] for r in rows], [r["count"] for r in rows]),
         "detection": detection_metrics(found, truth, radius) if detects else None,
+        "interval": interval_metrics(rows, level) if level is not None else None,
         "images_per_s": len(rows) / max(seconds, 1e-9),
         "images": rows,
     }
 
 
-def _count_and_points(model, image: np.ndarray, source: str) -> tuple[float, np.ndarray | None]:
-    if hasattr(model, "predict_map"):  # a network: one forward pass for both
-        output = model.predict_map(image, source=source)
-        return model.count_from_map(output), model.peaks(output)
+def interval_metrics(rows: list[dict], level: float) -> dict[str, float]:
+    """Coverage (fraction of true counts inside their intervals) and mean width."""
+    return {
+        "level": level,
+        "coverage": float(np.mean([r["low"] <= r["true"] <= r["high"] for r in rows])),
+        "mean_width": float(np.mean([r["high"] - r["low"] for r in rows])),
+    }
+
+
+def _predict(model, image: np.ndarray, source: str, level: float | None):
+    """(count, centres or None, interval or None) of one image."""
+    if hasattr(model, "predict_output"):  # a network: one forward pass for everything
+        output = model.predict_output(image, source=source)
+        bounds = None if level is None else model.count_interval(output, level)
+        return model.count_from_map(output[0]), model.peaks(output[0]), bounds
+    if level is not None:
+        raise ValueError(f"{type(model).__name__} gives no intervals; evaluate it without a level")
     if hasattr(model, "count_and_points"):  # a detector (segmentation)
-        return model.count_and_points(image)
-    return model.count(image), None
+        return (*model.count_and_points(image), None)
+    return model.count(image), None, None
 
 
-def count_file(model: CountingModel, path: Path) -> list[ImageResult]:
-    """Count every page of an image file. Raises ``InputError`` naming the file if it is bad."""
+def count_file(model: CountingModel, path: Path, level: float | None = None) -> list[ImageResult]:
+    """Count every page of an image file, with intervals at ``level`` if given. Raises
+    ``InputError`` naming the file if it is bad."""
     pages = read_pages(path)
     results = []
     for index, image in enumerate(pages):
         name = path.stem if len(pages) == 1 else f"{path.stem}_p{index:03d}"
-        output = model.predict_map(image, source=str(path))
+        output = model.predict_output(image, source=str(path))
         page = None if len(pages) == 1 else index
-        count, points = model.count_from_map(output), model.peaks(output)
-        results.append(ImageResult(name, path, page, image, model.density(output), count, points))
+        count, points = model.count_from_map(output[0]), model.peaks(output[0])
+        bounds = None if level is None else model.count_interval(output, level)
+        density = model.density(output[0])
+        results.append(ImageResult(name, path, page, image, density, count, points, bounds))
     return results

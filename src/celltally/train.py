@@ -4,7 +4,7 @@ The FCRN recipe follows Xie et al. (2016): random 100x100 patches, each normalis
 and std, flips and 90-degree rotations, MSE to the x100 density, SGD with momentum 0.9 and weight
 decay 5e-4, the learning rate cut by ``lr_gamma`` every ``lr_step`` epochs; then fine-tuning on
 whole images. Count-ception's (Cohen et al. 2017) differs where its ``recipe`` says: L1 to the
-window count map, Adam at 5e-3, batches of 4. The count MAE on the validation images is measured
+window count map, Adam at 3e-4, batches of 4. The count MAE on the validation images is measured
 after every epoch and the best model kept.
 
 A run folder holds ``model/`` (the best checkpoint, loadable by ``load_model``), ``last/`` (the
@@ -33,17 +33,18 @@ from celltally.data.datasets import Sample
 from celltally.data.images import to_channels
 from celltally.data.patches import PatchSampler
 from celltally.data.points import atomic_write
+from celltally.losses import LOSSES, gaussian_nll
 from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import CountingModel, create_model, load_model, save_model
 from celltally.models.io import WEIGHTS_FILE, versions
 from celltally.models.registry import architecture
 from celltally.predict import choose_peak_threshold
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+from celltally.uncertainty import model_scores
 
 # The readout refit has ~33 unknowns: a few dozen whole images (millions of pixels) fit it, and
 # more only slow every epoch down (most of each 170 s epoch on 800 synthetic images).
 REFIT_IMAGES = 64
-LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss}
 
 
 @dataclass
@@ -55,7 +56,8 @@ class TrainConfig:
     same time here; the paper's networks have no BatchNorm, and without it SGD at 1e-2 diverges
     (use ``lr=1e-3`` with ``batch_norm=False``). An architecture's ``recipe`` replaces some of
     these defaults when the config is built with ``from_dict`` (Count-ception: L1 loss, Adam at
-    5e-3, batches of 4, no weight decay, whole-image normalisation).
+    3e-4, batches of 4 128x128 patches, 20 + 2 epochs, no weight decay, whole-image
+    normalisation, frozen BatchNorm).
 
     Attributes:
         arch: registry name of the model (``fcrn_a``, ``fcrn_b``, ``countception``).
@@ -63,7 +65,10 @@ class TrainConfig:
         batch_norm: BatchNorm after each convolution (not in the FCRN paper).
         frozen_bn: BatchNorm keeps its initial statistics: an affine layer (see ``ModelConfig``).
         sigma, scale: the density target (Gaussian width in pixels, multiplier).
-        loss: ``mse`` or ``l1`` between the output and the target map.
+        loss: ``mse`` or ``l1`` between the output and the target map (with ``variance_head``,
+            the Gaussian likelihood of the target under the predicted map and variance).
+        variance_head: also predict each pixel's log-variance; the intervals it gives are
+            calibrated on the validation images at the end (``celltally.uncertainty``).
         window_stride: Count-ception: train on (and read) every ``window_stride``-th pixel of the
             count map (1, 2, 4, 8, 16 or 32).
         patch_size: side of the square training input patches, in pixels (of the padded image).
@@ -99,6 +104,7 @@ class TrainConfig:
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
     loss: str = "mse"
+    variance_head: bool = False
     window_stride: int = 1
     patch_size: int = 100
     per_patch_norm: bool = True
@@ -167,6 +173,7 @@ def train(
         in_channels=config.in_channels,
         batch_norm=config.batch_norm,
         frozen_bn=config.frozen_bn,
+        variance_head=config.variance_head,
         window_stride=config.window_stride,
         sigma=config.sigma,
         scale=config.scale,
@@ -235,7 +242,7 @@ def _start_from(model: CountingModel, source: str) -> None:
     trained = load_model(source)
     differ = [
         name
-        for name in ("arch", "in_channels", "batch_norm")
+        for name in ("arch", "in_channels", "batch_norm", "variance_head")
         if getattr(trained.config, name) != getattr(model.config, name)
     ]
     if differ:
@@ -249,10 +256,12 @@ def _finish(out, config, val_data, state, provenance) -> CountingModel:
     started = time.perf_counter()
     model = load_model(out / "model")
     val_images, val_points = val_data
-    maps = [model.predict_map(image) for image in val_images]
+    outputs = [model.predict_output(image) for image in val_images]
     model.config.peak_threshold = choose_peak_threshold(
-        model, maps, val_points, config.detection_radius
+        model, [output[0] for output in outputs], val_points, config.detection_radius
     )
+    if model.config.variance_head:
+        model.config.conformal_scores = model_scores(model, outputs, [len(p) for p in val_points])
     model.config.training = {
         **provenance,
         "settings": asdict(config),
@@ -306,8 +315,8 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
         hook.remove()
     ridge = 1e-6 * gram.diagonal().mean() * torch.eye(n, dtype=torch.float64)
     solution = torch.linalg.solve(gram + ridge, moment).float()
-    layer.weight.copy_(solution[:-1].reshape(layer.weight.shape))
-    layer.bias.copy_(solution[-1:])
+    layer.weight[:1].copy_(solution[:-1].reshape(layer.weight[:1].shape))  # the map channel
+    layer.bias[:1].copy_(solution[-1:])
 
 
 def _load(samples: list[Sample], channels: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -344,9 +353,11 @@ def _step(
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         prediction = model.forward_padded(inputs)
     step = config.window_stride
-    loss = LOSSES[config.loss](
-        prediction.float()[..., ::step, ::step], targets[..., ::step, ::step]
-    )
+    prediction, targets = prediction.float()[..., ::step, ::step], targets[..., ::step, ::step]
+    if config.variance_head:
+        loss = gaussian_nll(prediction[:, :1], prediction[:, 1:], targets)
+    else:
+        loss = LOSSES[config.loss](prediction, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

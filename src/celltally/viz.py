@@ -59,3 +59,26 @@ def save_overlay(path: str | Path, image: np.ndarray, points: np.ndarray, count:
         atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
     finally:
         plt.close(figure)
+
+
+RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def save_reliability_plot(
+    path: str | Path, levels: list[float], observed: list[float], n_images: int
+) -> None:
+    """Write a PNG of observed against nominal interval coverage (the diagonal is calibrated)."""
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
+    axes.plot(levels, observed, marker="o", label=f"observed ({n_images} images)")
+    axes.set(
+        xlabel="nominal coverage (interval level)",
+        ylabel="observed coverage",
+        xlim=(0.45, 1.0),
+        ylim=(0.0, 1.02),
+        title="count interval reliability",
+    )
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)

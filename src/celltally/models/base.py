@@ -24,6 +24,7 @@ from torch import nn
 from celltally.data.images import as_image, to_channels
 from celltally.errors import InputError
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
+from celltally.uncertainty import CountInterval, check_intervals, interval
 
 
 @dataclass
@@ -41,6 +42,11 @@ class ModelConfig:
             (1, 2, 4, 8, 16 or 32), where each cell is counted (32 / stride)^2 times.
         sigma: width in pixels of the Gaussian per dot in the training target.
         scale: the target is ``scale`` x the density; the count is the map's sum / ``scale``.
+        variance_head: a second output channel predicts each pixel's log-variance (its
+            additive share of a count's variance), trained by Gaussian likelihood; with
+            ``conformal_scores`` it gives count intervals (see ``celltally.uncertainty``).
+        conformal_scores: calibration: |count - true| / predicted std on validation images,
+            sorted; set by training or ``celltally calibrate``.
         peak_threshold: smallest map value of a detected centre; chosen on validation data.
         min_distance: smallest distance in pixels between two detected centres.
         tile_size: images larger than this (plus margins) are processed in tiles of this size.
@@ -52,6 +58,8 @@ class ModelConfig:
     batch_norm: bool = False
     frozen_bn: bool = False
     window_stride: int = 1
+    variance_head: bool = False
+    conformal_scores: list[float] = field(default_factory=list)
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
     peak_threshold: float = 0.5
@@ -112,10 +120,19 @@ class CountingModel(nn.Module):
         """What the map's sum is divided by to give the count."""
         return self.config.scale
 
+    @property
+    def out_channels(self) -> int:
+        """1 (the map), or 2 with a variance head (the map and its log-variance)."""
+        return 2 if self.config.variance_head else 1
+
     # ---- raw images in, counts and centres out -------------------------------------------
-    def count(self, image: np.ndarray) -> float:
-        """The number of cells in ``image``."""
-        return self.count_from_map(self.predict_map(image))
+    def count(self, image: np.ndarray, ci: float | None = None) -> float | CountInterval:
+        """The number of cells in ``image``; with ``ci`` (a level, e.g. 0.95), the count with
+        its calibrated interval at that level."""
+        output = self.predict_output(image)
+        if ci is None:
+            return self.count_from_map(output[0])
+        return self.count_interval(output, ci)
 
     def points(self, image: np.ndarray) -> np.ndarray:
         """Cell centres ``(N, 2)`` (y, x) in ``image``: local maxima of the predicted map."""
@@ -123,6 +140,19 @@ class CountingModel(nn.Module):
 
     def count_from_map(self, output: np.ndarray) -> float:
         return float(output.sum(dtype=np.float64) / self.count_divisor)
+
+    def count_sigma(self, log_variance: np.ndarray) -> float:
+        """The predicted (uncalibrated) standard deviation of the count: the square root of the
+        summed per-pixel variance shares, in cells."""
+        variance = np.exp(log_variance.astype(np.float64)).sum()
+        return float(np.sqrt(variance) / self.count_divisor)
+
+    def count_interval(self, output: np.ndarray, level: float) -> CountInterval:
+        """The count of a ``(2, H, W)`` output (map, log-variance) with its interval at
+        ``level``, calibrated by the model's conformal scores."""
+        check_intervals(self, level)
+        count, sigma = self.count_from_map(output[0]), self.count_sigma(output[1])
+        return interval(count, sigma, self.config.conformal_scores, level)
 
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """The map the network learns to output for an image of ``shape`` with ``points``."""
@@ -151,9 +181,14 @@ class CountingModel(nn.Module):
         )
         return found.astype(np.float64)
 
-    @torch.no_grad()
     def predict_map(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
         """The output map (see the module docs), predicted in tiles if the image is large."""
+        return self.predict_output(image, source)[0]
+
+    @torch.no_grad()
+    def predict_output(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
+        """The ``(out_channels, H, W)`` output: the map, then its log-variance if the model has
+        a variance head."""
         from celltally.predict import predict_tiled  # predict builds on this module
 
         tensor = self.prepare(image, source)

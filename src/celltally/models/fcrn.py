@@ -52,16 +52,17 @@ def learned_upsample_relu(in_maps: int, out_maps: int, batch_norm: bool) -> nn.S
 
 
 class FCRN(CountingModel):
-    """Shared by both FCRNs: ``build_layers(in_maps, bn)`` lists the layers, ending in the 1x1
-    ``density`` convolution."""
+    """Shared by both FCRNs: ``build_layers(in_maps, out_maps, bn)`` lists the layers, ending in
+    the 1x1 ``density`` convolution (to the map, and its log-variance with a variance head)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        self.layers = nn.Sequential(self.build_layers(config.in_channels, config.batch_norm))
+        layers = self.build_layers(config.in_channels, self.out_channels, config.batch_norm)
+        self.layers = nn.Sequential(layers)
         self.init_weights()
 
     @staticmethod
-    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         raise NotImplementedError
 
     def forward(self, x):
@@ -79,7 +80,7 @@ class FCRNA(FCRN):
     min_size = 16
 
     @staticmethod
-    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         return OrderedDict(
             conv1=conv_relu(in_maps, 32, 3, bn),
             pool1=nn.MaxPool2d(2),
@@ -91,7 +92,7 @@ class FCRNA(FCRN):
             up5=upsample_conv_relu(512, 128, bn),
             up6=upsample_conv_relu(128, 64, bn),
             up7=upsample_conv_relu(64, 32, bn),
-            density=nn.Conv2d(32, 1, 1),
+            density=nn.Conv2d(32, out_maps, 1),
         )
 
 
@@ -102,7 +103,7 @@ class FCRNB(FCRN):
     min_size = 16
 
     @staticmethod
-    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         return OrderedDict(
             conv1=conv_relu(in_maps, 64, 3, bn),
             conv2=conv_relu(64, 64, 3, bn),
@@ -114,5 +115,5 @@ class FCRNB(FCRN):
             conv6=conv_relu(256, 256, 3, bn),
             up7=learned_upsample_relu(256, 256, bn),
             up8=learned_upsample_relu(256, 128, bn),
-            density=nn.Conv2d(128, 1, 1),
+            density=nn.Conv2d(128, out_maps, 1),
         )

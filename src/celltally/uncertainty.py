@@ -1,0 +1,122 @@
+"""Count intervals: a predicted variance, calibrated on validation images by conformal prediction.
+
+A model with a variance head (``ModelConfig.variance_head``; always for ``fpn_vgg11``) outputs,
+beside its map, ``log v`` per pixel, where ``v`` is the pixel's additive share of the variance of
+a count: a region's count has the predicted variance ``sum(v)`` over its pixels. That sum gives
+the interval its shape (wide on hard images, narrow on easy ones) but not a trustworthy scale:
+neighbouring pixels' errors are correlated (a missed cell spans many), and a network's variance
+is learned on its training images. The scale comes from calibration.
+
+Calibration is split conformal prediction with normalised scores (Lei et al. 2018): on ``n``
+validation images the scores are ``|count - true| / sigma``; the interval at level ``L`` is
+``count +- q sigma``, ``q`` the ``ceil((n + 1) L)``-th smallest score. On new images drawn like
+the validation images it covers the true count with probability at least ``L`` (and below ``L +
+1 / (n + 1)``): no Gaussian assumption, and any error the model makes on such images is counted.
+A region's interval uses the same ``q`` with the region's ``sigma`` (exact only if the errors
+scale alike within images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+DEFAULT_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class CountInterval:
+    """A count with its interval at ``level``. ``std`` is the standard deviation of a Gaussian
+    with that central interval (half-width / z), comparable across levels; ``sigma`` the model's
+    own, uncalibrated prediction."""
+
+    count: float
+    low: float
+    high: float
+    std: float
+    level: float
+    sigma: float
+
+    def covers(self, true_count: float) -> bool:
+        return self.low <= true_count <= self.high
+
+
+def check_level(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(
+            f"an interval level is a fraction between 0 and 1 (0.95 = 95%), got {level}"
+        )
+    return level
+
+
+def check_intervals(model, level: float) -> None:
+    """Raise ``ValueError`` saying how to fix it if ``model`` cannot give intervals at ``level``."""
+    if not model.config.variance_head:
+        raise ValueError(
+            f"this {model.config.arch} model has no variance head, so it gives no intervals;"
+            " train one with --set variance_head=true"
+        )
+    conformal_quantile(model.config.conformal_scores, level)
+
+
+def min_calibration_images(level: float) -> int:
+    """Fewest calibration images for which the conformal ``level`` interval is finite."""
+    return math.ceil(check_level(level) / (1.0 - level) - 1e-9)
+
+
+def conformal_quantile(scores: Sequence[float], level: float) -> float:
+    """The ``ceil((n + 1) level)``-th smallest of ``n`` calibration scores."""
+    n = len(scores)
+    rank = math.ceil((n + 1) * check_level(level) - 1e-9)
+    if n == 0:
+        raise ValueError("the intervals are not calibrated; run celltally calibrate")
+    if rank > n:
+        raise ValueError(
+            f"{n} calibration images cannot give a {level:.0%} interval: it needs at least"
+            f" {min_calibration_images(level)}; recalibrate on more annotated images"
+            " (celltally calibrate) or ask for a lower level"
+        )
+    return float(np.sort(np.asarray(scores, dtype=float))[rank - 1])
+
+
+def calibration_scores(
+    counts: Sequence[float], sigmas: Sequence[float], true_counts: Sequence[float]
+) -> list[float]:
+    """The normalised scores ``|count - true| / sigma`` of calibration images, sorted."""
+    counts, sigmas, truth = (np.asarray(a, dtype=float) for a in (counts, sigmas, true_counts))
+    return sorted((np.abs(counts - truth) / np.maximum(sigmas, 1e-12)).tolist())
+
+
+def model_scores(model, outputs: Sequence[np.ndarray], true_counts: Sequence[float]) -> list[float]:
+    """Calibration scores of a model with a variance head from its ``(2, H, W)`` outputs on
+    calibration images and their true counts."""
+    counts = [model.count_from_map(output[0]) for output in outputs]
+    sigmas = [model.count_sigma(output[1]) for output in outputs]
+    return calibration_scores(counts, sigmas, true_counts)
+
+
+def interval(count: float, sigma: float, scores: Sequence[float], level: float) -> CountInterval:
+    """The calibrated interval at ``level`` of a count with predicted standard deviation
+    ``sigma``, clipped to non-negative counts."""
+    half = conformal_quantile(scores, level) * sigma
+    std = half / norm.ppf(0.5 + level / 2)
+    low = max(count - half, 0.0)
+    return CountInterval(count, low, max(count + half, low), std, level, sigma)
+
+
+def reliability(
+    counts: Sequence[float],
+    sigmas: Sequence[float],
+    true_counts: Sequence[float],
+    scores: Sequence[float],
+    levels: Sequence[float],
+) -> list[float]:
+    """Observed coverage, at each nominal level, of the intervals the calibration ``scores``
+    give to predictions ``counts`` +- ``sigmas``."""
+    errors = np.abs(np.asarray(counts, float) - np.asarray(true_counts, float))
+    sigmas = np.asarray(sigmas, float)
+    return [float(np.mean(errors <= conformal_quantile(scores, lv) * sigmas)) for lv in levels]

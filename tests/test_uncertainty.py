@@ -1,0 +1,161 @@
+"""Count intervals: the aleatoric loss, conformal calibration, variance heads, and the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from imageio.v3 import imread
+from typer.testing import CliRunner
+
+from celltally import create_model
+from celltally.cli import app
+from celltally.losses import gaussian_nll, total_variation
+from celltally.uncertainty import (
+    calibration_scores,
+    conformal_quantile,
+    interval,
+    min_calibration_images,
+    reliability,
+)
+
+
+def test_gaussian_nll_and_its_gradients_match_a_hand_computation():
+    mean = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
+    log_var = torch.tensor([0.0, np.log(4.0), np.log(0.25)], requires_grad=True)
+    target = torch.tensor([3.0, 2.0, 0.0])
+    loss = gaussian_nll(mean, log_var, target)
+    # r^2 / (2 var) + log(var) / 2 per element: 4/2 + 0, 0 + log(4)/2, 1/0.5 + log(0.25)/2
+    by_hand = (2.0 + (0.0 + np.log(4.0) / 2) + (2.0 + np.log(0.25) / 2)) / 3
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    loss.backward()
+    residual, var = np.array([2.0, 0.0, 1.0]), np.array([1.0, 4.0, 0.25])
+    assert mean.grad.numpy() == pytest.approx(-residual / var / 3, rel=1e-5)
+    assert log_var.grad.numpy() == pytest.approx((0.5 - 0.5 * residual**2 / var) / 3, rel=1e-5)
+
+
+def test_gaussian_nll_is_minimised_where_the_variance_equals_the_squared_error():
+    log_var = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.Adam([log_var], lr=0.05)
+    for _ in range(600):
+        optimiser.zero_grad()
+        gaussian_nll(torch.zeros(1), log_var, torch.full((1,), 3.0)).backward()
+        optimiser.step()
+    assert torch.exp(log_var).item() == pytest.approx(9.0, rel=1e-2)
+
+
+def test_gaussian_nll_stays_finite_for_extreme_log_variances():
+    loss = gaussian_nll(torch.zeros(2), torch.tensor([-1e4, 1e4]), torch.ones(2))
+    assert torch.isfinite(loss)
+
+
+def test_total_variation_by_hand():
+    maps = torch.tensor([[[[0.0, 1.0], [3.0, 1.0]]]])
+    # vertical |3-0|, |1-1| -> mean 1.5; horizontal |1-0|, |1-3| -> mean 1.5
+    assert total_variation(maps).item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_calibration_reaches_nominal_coverage_with_known_noise(rng, level):
+    """The model's sigmas are right up to an unknown factor 3 and the noise is heavy-tailed
+    (Student t, 4 degrees of freedom): conformal calibration still covers ``level``."""
+
+    def draw(n):
+        truth = rng.integers(10, 200, n).astype(float)
+        sigma = 0.5 + 0.05 * truth
+        return truth + 3.0 * sigma * rng.standard_t(4, n), sigma, truth
+
+    scores = calibration_scores(*draw(400))
+    counts, sigmas, truth = draw(20000)
+    observed = np.mean(
+        [
+            interval(c, s, scores, level).covers(t)
+            for c, s, t in zip(counts, sigmas, truth, strict=True)
+        ]
+    )
+    assert abs(observed - level) < 0.025
+    assert reliability(counts, sigmas, truth, scores, [level]) == pytest.approx([observed])
+
+
+def test_conformal_quantile_needs_enough_scores():
+    assert min_calibration_images(0.95) == 19 and min_calibration_images(0.9) == 9
+    assert conformal_quantile(np.arange(19.0), 0.95) == 18.0  # the largest of 19
+    with pytest.raises(ValueError, match="at least 19"):
+        conformal_quantile(np.arange(18.0), 0.95)
+    with pytest.raises(ValueError, match="fraction"):
+        conformal_quantile(np.arange(30.0), 95)
+
+
+def test_intervals_are_ordered_and_never_negative():
+    bounds = interval(2.0, 3.0, [0.5, 1.0, 2.0] * 10, 0.9)
+    assert bounds.low == 0.0 and bounds.high == pytest.approx(2.0 + 2.0 * 3.0)
+    assert bounds.low <= bounds.count <= bounds.high and bounds.sigma == 3.0
+
+
+@pytest.mark.parametrize("arch", ["fcrn_a", "fcrn_b", "countception"])
+def test_a_variance_head_adds_a_log_variance_channel(arch):
+    model = create_model(arch, variance_head=True).eval()
+    image = np.random.default_rng(0).random((48, 64)).astype(np.float32)
+    output = model.predict_output(image)
+    assert output.shape[0] == 2 and output.shape[1:] == model.predict_map(image).shape
+    with pytest.raises(ValueError, match="calibrate"):
+        model.count(image, ci=0.95)
+    model.config.conformal_scores = [1.0] * 20
+    bounds = model.count(image, ci=0.95)
+    assert bounds.count == pytest.approx(model.count(image), rel=1e-5)
+    assert 0 <= bounds.low <= max(bounds.count, 0) <= bounds.high  # untrained: maybe < 0
+    sigma = np.sqrt(np.exp(output[1].astype(np.float64))[:: model.config.window_stride].sum())
+    assert arch == "countception" or bounds.sigma == pytest.approx(
+        sigma / model.count_divisor, rel=1e-4
+    )
+
+
+def test_a_model_without_variance_head_says_how_to_get_intervals():
+    with pytest.raises(ValueError, match="variance_head=true"):
+        create_model("fcrn_a").count(np.ones((32, 32)), ci=0.95)
+
+
+@pytest.mark.slow
+def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_intervals(tmp_path):
+    from celltally.data.synth import preset, write_set
+
+    folder = tmp_path / "synth"
+    list(write_set(preset("nuclei", height=64, width=64, density=20.0), 30, folder, workers=1))
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    settings = ["epochs=1", "steps_per_epoch=3", "finetune_epochs=0", "patch_size=48",
+                "variance_head=true"]  # fmt: skip
+    data = ["--data", folder, "--format", "points"]
+    run("train", *data, "--out", tmp_path / "run", "--n-train", 4, "--n-val", 20,
+        *[a for s in settings for a in ("--set", s)])  # fmt: skip
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]
+    assert len(config["conformal_scores"]) == 20 and config["variance_head"]
+
+    run("count", folder, "--model", tmp_path / "run", "--ci", "--out", tmp_path / "c")
+    table = pd.read_csv(tmp_path / "c" / "counts.csv")
+    assert list(table.columns)[:5] == ["image", "count", "ci_low", "ci_high", "std"]
+    assert (table["ci_low"] <= table["count"]).all() and (table["count"] <= table["ci_high"]).all()
+    assert (table["std"] > 0).all()
+
+    run("evaluate", "--model", tmp_path / "run", *data, "--ci", "--out", tmp_path / "eval.json",
+        "--reliability", tmp_path / "reliability.png")  # fmt: skip
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["n_images"] == 6 and 0.0 <= report["interval"]["coverage"] <= 1.0
+    assert report["reliability"]["levels"][-1] == 0.95  # 20 scores: up to 95%
+    assert imread(tmp_path / "reliability.png").ndim == 3
+
+    run("calibrate", "--model", tmp_path / "run", *data, "--out", tmp_path / "recal")
+    recalibrated = json.loads((tmp_path / "recal" / "config.json").read_text())["config"]
+    assert len(recalibrated["conformal_scores"]) == 30
+
+
+def test_intervals_from_a_model_without_variance_head_are_a_one_line_error(samples_dir, tmp_path):
+    result = CliRunner().invoke(app, ["count", str(samples_dir), "--ci", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "variance_head=true" in result.output
+    assert not (tmp_path / "counts.csv").exists()
