@@ -29,10 +29,11 @@ def gaussian_nll(
 
 def total_variation(maps: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between vertically and horizontally adjacent pixels of
-    ``(B, C, H, W)`` maps (anisotropic total variation, per pixel pair)."""
-    vertical = (maps[..., 1:, :] - maps[..., :-1, :]).abs().mean()
-    horizontal = (maps[..., :, 1:] - maps[..., :, :-1]).abs().mean()
-    return vertical + horizontal
+    ``(B, C, H, W)`` maps (anisotropic total variation, per pixel pair; 0 along a side of one
+    pixel)."""
+    vertical = (maps[..., 1:, :] - maps[..., :-1, :]).abs()
+    horizontal = (maps[..., :, 1:] - maps[..., :, :-1]).abs()
+    return sum((d.mean() for d in (vertical, horizontal) if d.numel()), maps.new_zeros(()))
 
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}

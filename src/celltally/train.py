@@ -189,7 +189,8 @@ def train(
     if patch <= model.shrink:
         raise ValueError(f"{config.arch} needs patch_size > {model.shrink}, got {patch}")
     rng = np.random.default_rng(config.seed)
-    sampler = PatchSampler(*train_data, model, rng, config.per_patch_norm)
+    masks = [s.load_mask() for s in train_samples] if model.trains_on_masks else None
+    sampler = PatchSampler(*train_data, model, rng, config.per_patch_norm, masks)
     optimizer = _optimizer(config, model)
     state = _resume(out, model, optimizer, rng, config)
     _write_json(
@@ -204,11 +205,12 @@ def train(
             started = time.perf_counter()
             finetune = state.epoch >= config.epochs
             _set_lr(optimizer, _lr(config, state.epoch))
-            loss = (
-                _finetune_epoch(model, sampler, optimizer, config)
-                if finetune
-                else _patch_epoch(model, sampler, optimizer, config, patch)
-            )
+            if not finetune:
+                loss = _patch_epoch(model, sampler, optimizer, config, patch)
+            elif model.trains_on_masks:
+                loss = _counter_epoch(model, sampler, optimizer, config)
+            else:
+                loss = _finetune_epoch(model, sampler, optimizer, config)
             if not np.isfinite(loss):
                 raise ValueError(
                     f"training diverged in epoch {state.epoch} (loss {loss}); lower the learning"
@@ -346,10 +348,42 @@ def _finetune_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig
     return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), config) for i in order]))
 
 
+def _counter_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig) -> float:
+    """One pass over the whole training images, ``batch_size`` at a time, training the counter
+    of a model trained on masks (its segmenter frozen, in evaluation mode)."""
+    model.train()
+    model.segmenter.eval()
+    order = [int(i) for i in sampler.rng.permutation(len(sampler.images))]
+    losses = []
+    for start in range(0, len(order), config.batch_size):
+        by_shape: dict[tuple, list[tuple[torch.Tensor, float]]] = {}
+        for index in order[start : start + config.batch_size]:
+            image = sampler.whole(index)[0]  # randomly turned: group equal shapes
+            by_shape.setdefault(image.shape, []).append((image, len(sampler.points[index])))
+        for batch in by_shape.values():
+            inputs = torch.cat([image for image, _ in batch])
+            counts = torch.tensor([float(count) for _, count in batch])
+            losses.append(_step(model, optimizer, inputs, counts, config, "counter"))
+    return float(np.mean(losses))
+
+
 def _step(
-    model, optimizer, inputs: torch.Tensor, targets: torch.Tensor, config: TrainConfig
+    model,
+    optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    config: TrainConfig,
+    phase: str = "patches",
 ) -> float:
-    """One optimiser step on the target pixels every ``window_stride``-th row and column."""
+    """One optimiser step: on the target pixels every ``window_stride``-th row and column, or,
+    for models trained on masks, of their segmenter (``patches``) or counter (``counter``)."""
+    if model.trains_on_masks:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            if phase == "counter":
+                loss = model.counter_loss(inputs, targets)
+            else:
+                loss = model.segmenter_loss(inputs, targets)
+        return _descend(optimizer, loss.float())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         prediction = model.forward_padded(inputs)
     step = config.window_stride
@@ -358,6 +392,10 @@ def _step(
         loss = gaussian_nll(prediction[:, :1], prediction[:, 1:], targets)
     else:
         loss = LOSSES[config.loss](prediction, targets)
+    return _descend(optimizer, loss)
+
+
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

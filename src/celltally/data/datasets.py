@@ -7,7 +7,8 @@ Formats:
 - ``mbm``: ``BM_..._00K.png`` + ``BM_..._dots_00K.png`` (1-bit, one pixel per nucleus).
 - ``adipocyte``: ``images/<name>.jpeg`` + ``annotations/<name>.jpeg`` (lossy red dots: red > 100,
   8-connected blobs).
-- ``points``: a folder of images, each with ``<stem>.csv`` of points beside it.
+- ``points``: a folder of images, each with ``<stem>.csv`` of points beside it (and, for models
+  trained on masks, ``masks/<stem>.png``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Sample:
     image_path: Path
     read_points: Callable[[], np.ndarray] = field(repr=False, compare=False)
     group: str = ""
+    mask_path: Path | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image, points)``, checking that every point lies inside the image."""
@@ -52,6 +54,17 @@ class Sample:
         points = self.read_points()
         check_points_inside(points, image.shape[:2], self.image_path)
         return image, points
+
+    def load_mask(self) -> np.ndarray:
+        """The ``(H, W)`` boolean foreground mask (non-zero pixels of ``mask_path``)."""
+        if self.mask_path is None or not self.mask_path.is_file():
+            raise InputError(
+                self.image_path,
+                "no foreground mask: models trained on masks need masks/<name>.png beside the"
+                " images (celltally synth writes them)",
+            )
+        mask = read_image(self.mask_path)
+        return mask.reshape(mask.shape[0], mask.shape[1], -1).max(axis=2) > 0
 
 
 def load_dataset(root: str | Path, fmt: str) -> list[Sample]:
@@ -106,7 +119,10 @@ def _points(root: Path) -> list[Sample]:
     for image in root.iterdir():
         if image.suffix.lower() in IMAGE_SUFFIXES and image.with_suffix(".csv").exists():
             csv = image.with_suffix(".csv")
-            samples.append(Sample(image.stem, image, lambda csv=csv: read_points_csv(csv)))
+            mask = root / "masks" / f"{image.stem}.png"
+            samples.append(
+                Sample(image.stem, image, lambda csv=csv: read_points_csv(csv), mask_path=mask)
+            )
     return samples
 
 

@@ -42,7 +42,8 @@ class PatchSampler:
     Images are padded as the model pads them (``model.pad``), and a patch's target is the piece
     of the whole image's target that the network computes from that patch (``model.shrink``
     smaller). ``per_patch``: normalise each patch by its own mean and std (the paper; only for
-    unpadded models); otherwise by its whole image's, as at inference.
+    unpadded models); otherwise by its whole image's, as at inference. With ``masks`` (one
+    ``(H, W)`` foreground mask per image) the targets are the masks instead.
     """
 
     def __init__(
@@ -52,12 +53,13 @@ class PatchSampler:
         model: CountingModel,
         rng: np.random.Generator,
         per_patch: bool = True,
+        masks: list[np.ndarray] | None = None,
     ):
         if per_patch and model.pad:
             raise ValueError(
                 f"{model.config.arch} pads whole normalised images; set per_patch_norm=false"
             )
-        self.images, self.points, self.per_patch = images, points, per_patch
+        self.images, self.points, self.per_patch, self.masks = images, points, per_patch, masks
         self.model, self.rng = model, rng
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -66,7 +68,11 @@ class PatchSampler:
         key = (index, k)
         if key not in self._cache:
             image, points = augment(self.images[index], self.points[index], k)
-            target = self.model.training_target(points, image.shape[:2])
+            if self.masks is None:
+                target = self.model.training_target(points, image.shape[:2])
+            else:  # the foreground mask, moved with the image
+                target = augment(self.masks[index][:, :, None], points, k)[0][:, :, 0]
+                target = target.astype(np.float32)
             if not self.per_patch:
                 tensor = self.model.network_input(torch.from_numpy(image.transpose(2, 0, 1).copy()))
                 image = np.ascontiguousarray(tensor.numpy().transpose(1, 2, 0))

@@ -573,6 +573,9 @@ class SynthSample(Sample):
         synth = generate(self.config, self.seed, self.index)
         return as_image(synth.image), synth.points
 
+    def load_mask(self) -> np.ndarray:
+        return generate(self.config, self.seed, self.index).mask
+
 
 def synth_samples(config: SynthConfig, n: int, seed: int = 0, label: str = "synth") -> list[Sample]:
     """``n`` simulated samples (images ``0..n-1`` of the set with ``seed``)."""

@@ -1,6 +1,6 @@
 """Counting models: one file per method, a registry, and checkpoint loading."""
 
-from celltally.models import countception, fcrn  # noqa: F401  (register the architectures)
+from celltally.models import countception, fcrn, fpn_vgg11  # noqa: F401  (register them)
 from celltally.models.base import CountingModel, ModelConfig
 from celltally.models.io import (
     DEFAULT_MODEL,

@@ -104,6 +104,7 @@ class CountingModel(nn.Module):
     pad: ClassVar[int] = 0  # zeros added around every normalised image
     shrink: ClassVar[int] = 0  # the output is this much smaller than the (padded) input
     recipe: ClassVar[dict] = {}  # training settings that differ from TrainConfig's defaults
+    trains_on_masks: ClassVar[bool] = False  # foreground masks, not target maps (fpn_vgg11)
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -1,0 +1,191 @@
+"""cellcount (Hernandez, Sultan & Pande 2018): segment with a feature pyramid network, then count
+the predicted mask with VGG-11, each with its aleatoric uncertainty.
+
+Segmenter (``FeaturePyramid``): an encoder of four stages (two 3x3 convolutions with BatchNorm and
+LeakyReLU each; 32, 64, 128, 256 maps; max-pooling between), a top-down pathway (1x1 lateral
+convolutions to 64 maps, nearest upsampling and addition, a 3x3 smoothing convolution) and, at
+each of the 4 scales (1, 1/2, 1/4, 1/8), a 1x1 head to a foreground logit and its log-variance.
+Trained on foreground masks by ``segmentation_loss``.
+
+Counter (``VGG11Counter``): VGG-11 (configuration A: 64, M, 128, M, 256, 256, M, 512, 512, M, 512,
+512, M) with BatchNorm and LeakyReLU, reading the finest predicted mask. In place of VGG's
+fully connected layers, whose input size is fixed, 1x1 convolutions (512 -> 256 -> 2) give every
+32x32 cell of the image a count (softplus: never negative) and a log-variance; the image's count
+and variance are their sums. So it accepts any image size, and a region's count is the sum over
+its cells. Trained on whole-image counts by Gaussian likelihood with the segmenter frozen.
+
+The output, like every model's, is image-sized: each cell's count is spread over its pixels in
+proportion to the predicted mask (so the density sums to the count and sits on the cells), and
+its variance evenly (each pixel's additive share, see ``celltally.uncertainty``). Centres are
+the local maxima of the smoothed density.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from celltally.losses import gaussian_nll, total_variation
+from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.registry import register_model
+
+LEAK = 0.01
+SCALES = 4
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+CELL = 32  # the counter's output stride: one count per 32x32 cell
+MASK_FLOOR = 0.05  # share of a cell's count every pixel keeps, so empty-looking cells spread it
+CENTRE_SMOOTHING = 2.0  # pixels: Gaussian applied to the density before finding centres
+
+
+def conv_bn(in_maps: int, out_maps: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_maps, out_maps, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_maps),
+        nn.LeakyReLU(LEAK, inplace=True),
+    )
+
+
+class FeaturePyramid(nn.Module):
+    """Image -> ``SCALES`` (mask logit, log-variance) pairs, finest first."""
+
+    def __init__(self, in_maps: int, widths: tuple[int, ...] = (32, 64, 128, 256), top: int = 64):
+        super().__init__()
+        stages, previous = [], in_maps
+        for width in widths:
+            stages.append(nn.Sequential(conv_bn(previous, width), conv_bn(width, width)))
+            previous = width
+        self.stages = nn.ModuleList(stages)
+        self.laterals = nn.ModuleList(nn.Conv2d(w, top, 1) for w in widths)
+        self.smooth = nn.ModuleList(conv_bn(top, top) for _ in widths)
+        self.heads = nn.ModuleList(nn.Conv2d(top, 2, 1) for _ in widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x if index == 0 else F.max_pool2d(x, 2))
+            features.append(x)
+        outputs, merged = [], None
+        for level in reversed(range(len(features))):
+            lateral = self.laterals[level](features[level])
+            merged = lateral if merged is None else lateral + F.interpolate(merged, scale_factor=2)
+            outputs.append(self.heads[level](self.smooth[level](merged)))
+        return outputs[::-1]
+
+
+class VGG11Counter(nn.Module):
+    """A mask -> per-cell (count, log-variance), ``(B, 2, H/32, W/32)``."""
+
+    def __init__(self, in_maps: int = 1):
+        super().__init__()
+        layers, previous = [], in_maps
+        for item in VGG11:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers.append(conv_bn(previous, item))
+                previous = item
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Conv2d(previous, 256, 1), nn.LeakyReLU(LEAK, inplace=True), nn.Conv2d(256, 2, 1)
+        )
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        raw = self.head(self.features(mask))
+        return torch.cat([F.softplus(raw[:, :1]), raw[:, 1:]], dim=1)
+
+
+@register_model("fpn_vgg11")
+class FPNVGG11(CountingModel):
+    stride = 32
+    tile_margin = 256  # the counter's receptive field is ~200 px; tiles are approximate
+    min_size = 32
+    trains_on_masks = True
+    # Patch epochs train the segmenter on 128x128 patches; "fine-tuning" epochs the counter on
+    # whole images in batches, the segmenter frozen.
+    recipe: ClassVar[dict] = {
+        "refit_readout": False,
+        "per_patch_norm": False,
+        "patch_size": 128,
+        "batch_size": 8,
+        "epochs": 10,
+        "finetune_epochs": 20,
+        "finetune_lr": 1e-4,
+        "weight_decay": 0.0,
+    }
+
+    def __init__(self, config: ModelConfig):
+        config.variance_head = True  # the model always predicts its variance
+        super().__init__(config)
+        self.segmenter = FeaturePyramid(config.in_channels)
+        self.counter = VGG11Counter()
+
+    @property
+    def count_divisor(self) -> float:
+        return 1.0
+
+    def segment(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(mask logit, log-variance) ``(B, 2, H/2^k, W/2^k)`` for k = 0..3."""
+        return self.segmenter(x)
+
+    def count_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The finest predicted mask and the counter's ``(B, 2, H/32, W/32)`` cells."""
+        mask = torch.sigmoid(self.segment(x)[0][:, :1])
+        return mask, self.counter(mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask, cells = self.count_cells(x)
+        weights = mask + MASK_FLOOR
+        share = weights / F.interpolate(
+            F.avg_pool2d(weights, CELL) * CELL**2, scale_factor=CELL, mode="nearest"
+        )
+        counts = F.interpolate(cells[:, :1], scale_factor=CELL, mode="nearest")
+        log_variance = F.interpolate(cells[:, 1:], scale_factor=CELL, mode="nearest")
+        return torch.cat([counts * share, log_variance - 2 * np.log(CELL)], dim=1)
+
+    def centre_map(self, output: np.ndarray) -> np.ndarray:
+        return gaussian_filter(output, CENTRE_SMOOTHING)
+
+    def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        raise ValueError("fpn_vgg11 trains on foreground masks and counts, not on a target map")
+
+    def segmenter_loss(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(self.segment(inputs), masks)
+
+    def counter_loss(self, inputs: torch.Tensor, true_counts: torch.Tensor) -> torch.Tensor:
+        """``count_loss`` of whole images; the segmenter is not trained (no gradient) and the
+        mask is zero outside the image (the padding to a multiple of 32)."""
+        height, width = inputs.shape[-2:]
+        padded = F.pad(inputs, (0, -width % CELL, 0, -height % CELL))
+        with torch.no_grad():
+            mask = torch.sigmoid(self.segment(padded)[0][:, :1])
+            mask[..., height:, :] = 0
+            mask[..., :, width:] = 0
+        return count_loss(self.counter(mask), true_counts)
+
+
+def segmentation_loss(
+    outputs: list[torch.Tensor], mask: torch.Tensor, smoothing: float = 0.1
+) -> torch.Tensor:
+    """Gaussian likelihood of the foreground mask (average-pooled to each scale) under the
+    predicted mask (sigmoid of the logit) and log-variance, plus ``smoothing`` x the total
+    variation of the predicted mask, summed over the scales."""
+    total = mask.new_zeros(())
+    for level, output in enumerate(outputs):
+        target = F.avg_pool2d(mask, 2**level) if level else mask
+        predicted = torch.sigmoid(output[:, :1])
+        total = total + gaussian_nll(predicted, output[:, 1:], target)
+        total = total + smoothing * total_variation(predicted)
+    return total
+
+
+def count_loss(cells: torch.Tensor, true_counts: torch.Tensor) -> torch.Tensor:
+    """Gaussian likelihood of the true image counts under the summed cell counts and
+    variances."""
+    count = cells[:, 0].sum(dim=(-2, -1))
+    log_variance = torch.logsumexp(cells[:, 1].flatten(1), dim=1)
+    return gaussian_nll(count, log_variance, true_counts)
