@@ -20,7 +20,7 @@ from rich.table import Table
 from celltally.benchmark import BenchmarkConfig, run_benchmark
 from celltally.config import parse_assignments, read_settings_file
 from celltally.data.datasets import FORMATS, default_channels, load_dataset, resolve_data
-from celltally.data.images import find_images
+from celltally.data.images import find_images, read_image
 from celltally.data.points import atomic_write, write_points_csv
 from celltally.data.splits import VGG_POOL_SIZE, Split, protocol_split
 from celltally.data.synth import (
@@ -32,6 +32,7 @@ from celltally.data.synth import (
     write_set,
 )
 from celltally.errors import InputError
+from celltally.explain import saliency
 from celltally.metrics import DETECTION_RADIUS
 from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
 from celltally.models.io import resolve_model, save_model, versions
@@ -46,7 +47,7 @@ from celltally.uncertainty import (
     model_scores,
     reliability,
 )
-from celltally.viz import RELIABILITY_LEVELS, save_overlay, save_reliability_plot
+from celltally.viz import RELIABILITY_LEVELS, save_overlay, save_reliability_plot, save_saliency
 
 app = typer.Typer(
     help="Count and locate cells in microscopy images.", no_args_is_help=True, add_completion=False
@@ -531,6 +532,38 @@ def _print_summary(summary: pd.DataFrame, out: Path) -> None:
         )
     console.print(view)
     console.print(f"tables in {out / 'table.md'}, plot in {out / 'mae_vs_n.png'}")
+
+
+explain_app = typer.Typer(help="What a model sees: saliency maps.", no_args_is_help=True)
+app.add_typer(explain_app, name="explain")
+
+
+@explain_app.command("saliency")
+def explain_saliency(
+    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    model: ModelOption = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "celltally-explain"
+    ),
+    smooth: Annotated[
+        int, typer.Option(help="SmoothGrad: average over this many noisy copies (0: plain).")
+    ] = 16,
+) -> None:
+    """The gradient of the count with respect to each pixel: <stem>_saliency.tif and a PNG
+    beside the image."""
+    try:
+        counter = load_model(model)
+        image = read_image(image_path)
+        counter.prepare(image, str(image_path))  # bad images fail here, with the file named
+    except InputError as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    saliency_map = saliency(counter, image, samples=smooth)
+    stem = image_path.stem
+    atomic_write(out / f"{stem}_saliency.tif", lambda tmp: tifffile.imwrite(tmp, saliency_map))
+    title = f"saliency{f' (SmoothGrad, {smooth} copies)' if smooth else ''}"
+    save_saliency(out / f"{stem}_saliency.png", image, saliency_map, title)
+    console.print(f"saliency of {image_path} written to {out}")
 
 
 @app.command()

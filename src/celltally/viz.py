@@ -82,3 +82,21 @@ def save_reliability_plot(
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     plt.close(figure)
+
+
+def save_saliency(path: str | Path, image: np.ndarray, saliency: np.ndarray, title: str) -> None:
+    """Write a PNG of the image beside its saliency map (shown up to its 99.5th percentile)."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    axes[0].imshow(display_image(image), cmap="gray")
+    axes[0].set_title("image")
+    top = float(np.percentile(saliency, 99.5)) or 1.0
+    shown = axes[1].imshow(saliency, cmap="inferno", vmin=0.0, vmax=top)
+    axes[1].set_title(title)
+    figure.colorbar(shown, ax=axes[1], fraction=0.046, label="|d count / d pixel|")
+    for axis in axes:
+        axis.set_axis_off()
+    figure.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(figure)

@@ -133,7 +133,7 @@ class FFTConv2d(nn.Conv2d):
         if not self.fast:  # channels-last 18x18 backward is >20x slower in oneDNN: avoid it
             return F.conv2d(x.contiguous(), self.weight.contiguous())
         with torch.autocast(x.device.type, enabled=False):  # no half-precision FFTs
-            return fft_conv2d(x.float().contiguous(), self.weight)
+            return fft_conv2d(x.to(self.weight.dtype).contiguous(), self.weight)
 
 
 def conv_block(in_maps: int, out_maps: int, kernel: int, padding: int = 0) -> nn.Sequential:
