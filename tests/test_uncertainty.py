@@ -159,3 +159,17 @@ def test_intervals_from_a_model_without_variance_head_are_a_one_line_error(sampl
     result = CliRunner().invoke(app, ["count", str(samples_dir), "--ci", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "variance_head=true" in result.output
     assert not (tmp_path / "counts.csv").exists()
+
+
+def test_region_intervals_add_up_to_the_image_when_the_regions_tile_it():
+    model = create_model("fcrn_a", variance_head=True).eval()
+    model.config.conformal_scores = list(np.linspace(0.1, 3.0, 40))
+    output = model.predict_output(np.random.default_rng(1).random((64, 80)).astype(np.float32))
+    left = np.zeros((64, 80), bool)
+    left[:, :30] = True
+    whole = model.count_interval(output, 0.9)
+    parts = [model.count_interval(output, 0.9, region) for region in (left, ~left)]
+    assert sum(p.count for p in parts) == pytest.approx(whole.count, rel=1e-5, abs=1e-6)
+    assert sum(p.sigma**2 for p in parts) == pytest.approx(whole.sigma**2, rel=1e-5)
+    with pytest.raises(ValueError, match="mask of the image"):
+        model.count_interval(output, 0.9, left[:10])

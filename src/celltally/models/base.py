@@ -148,10 +148,20 @@ class CountingModel(nn.Module):
         variance = np.exp(log_variance.astype(np.float64)).sum()
         return float(np.sqrt(variance) / self.count_divisor)
 
-    def count_interval(self, output: np.ndarray, level: float) -> CountInterval:
+    def count_interval(
+        self, output: np.ndarray, level: float, region: np.ndarray | None = None
+    ) -> CountInterval:
         """The count of a ``(2, H, W)`` output (map, log-variance) with its interval at
-        ``level``, calibrated by the model's conformal scores."""
+        ``level``, calibrated by the model's conformal scores; with ``region`` (an ``(H, W)``
+        boolean mask), the count and interval of that region only."""
         check_intervals(self, level)
+        if region is not None:
+            if region.shape != output.shape[1:] or self.shrink:
+                raise ValueError(
+                    f"a region must be a mask of the image's {output.shape[1:]} pixels, and"
+                    f" {self.config.arch} must output an image-sized map"
+                )
+            output = np.where(region, output, [[[0.0]], [[-np.inf]]])  # outside: no count
         count, sigma = self.count_from_map(output[0]), self.count_sigma(output[1])
         return interval(count, sigma, self.config.conformal_scores, level)
 
