@@ -1,15 +1,18 @@
-"""Saliency: the gradient of the count, checked by finite differences; the CLI on real files."""
+"""Saliency (the gradient of the count, checked by finite differences) and feature inversion;
+the explain commands on real files."""
+
+import json
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-from imageio.v3 import imread
+from imageio.v3 import imread, imwrite
 from typer.testing import CliRunner
 
 from celltally import create_model, load_model
 from celltally.cli import app
-from celltally.explain import saliency
+from celltally.explain import invert, saliency
 
 
 @pytest.mark.parametrize("arch", ["fcrn_a", "countception"])
@@ -59,3 +62,51 @@ def test_explain_saliency_writes_a_map_and_a_picture(samples_dir, tmp_path):
                                  str(tmp_path / "x")])  # fmt: skip
     assert result.exit_code == 2 and "bad.png" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_inversion_descends_and_deep_layers_keep_less_of_the_image(samples_dir):
+    """The FCRN paper's Figure 11: the first layer's features give the image back, deeper
+    layers much less of it."""
+    model = load_model("fcrn_a_vgg_cells")
+    crop = imread(samples_dir / "101cell.png")[:64, :64]
+    first = invert(model, crop, "layers.conv1", steps=150)
+    deep = invert(model, crop, "layers.up6", steps=150)
+    for inversion in (first, deep):
+        objective = np.array(inversion.objective)
+        assert objective[-1] < 0.2 * objective[0]
+        assert np.mean(np.diff(objective) <= 0) > 0.9  # monotone, bar a few momentum overshoots
+    assert first.correlation > 0.9 and deep.correlation < first.correlation - 0.3
+    assert first.image.shape == (64, 64, 1)
+
+
+def test_unknown_layers_are_named_with_examples():
+    with pytest.raises(ValueError, match=r"no layer 'conv9'.*layers\.conv1"):
+        invert(load_model("fcrn_a_vgg_cells"), np.ones((32, 32)), "conv9", steps=1)
+
+
+def test_explain_layers_and_invert_from_the_command_line(samples_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["explain", "layers"])
+    assert (
+        result.exit_code == 0 and "layers.conv4" in result.output and "(512, 8, 8)" in result.output
+    )
+    crop = tmp_path / "crop.png"
+    imwrite(crop, imread(samples_dir / "101cell.png")[:48, :48])
+    layers = ["-l", "layers.conv1", "-l", "layers.conv2"]
+    result = runner.invoke(app, ["explain", "invert", str(crop), *layers, "--steps", "20",
+                                 "--out", str(tmp_path / "inv")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert imread(tmp_path / "inv" / "crop_inversion.png").ndim == 3
+    report = json.loads((tmp_path / "inv" / "crop_inversion.json").read_text())
+    assert (
+        set(report) == {"layers.conv1", "layers.conv2"}
+        and len(report["layers.conv1"]["objective"]) == 20
+    )
+    result = runner.invoke(
+        app, ["explain", "invert", str(crop), "-l", "nope", "--out", str(tmp_path / "x")]
+    )
+    assert (
+        result.exit_code == 2
+        and "no layer 'nope'" in result.output
+        and not (tmp_path / "x").exists()
+    )

@@ -32,7 +32,7 @@ from celltally.data.synth import (
     write_set,
 )
 from celltally.errors import InputError
-from celltally.explain import saliency
+from celltally.explain import invert, layer_table, saliency, unpadded
 from celltally.metrics import DETECTION_RADIUS
 from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
 from celltally.models.io import resolve_model, save_model, versions
@@ -47,7 +47,13 @@ from celltally.uncertainty import (
     model_scores,
     reliability,
 )
-from celltally.viz import RELIABILITY_LEVELS, save_overlay, save_reliability_plot, save_saliency
+from celltally.viz import (
+    RELIABILITY_LEVELS,
+    save_inversions,
+    save_overlay,
+    save_reliability_plot,
+    save_saliency,
+)
 
 app = typer.Typer(
     help="Count and locate cells in microscopy images.", no_args_is_help=True, add_completion=False
@@ -534,7 +540,9 @@ def _print_summary(summary: pd.DataFrame, out: Path) -> None:
     console.print(f"tables in {out / 'table.md'}, plot in {out / 'mae_vs_n.png'}")
 
 
-explain_app = typer.Typer(help="What a model sees: saliency maps.", no_args_is_help=True)
+explain_app = typer.Typer(
+    help="What a model sees: saliency maps, feature inversion.", no_args_is_help=True
+)
 app.add_typer(explain_app, name="explain")
 
 
@@ -564,6 +572,60 @@ def explain_saliency(
     title = f"saliency{f' (SmoothGrad, {smooth} copies)' if smooth else ''}"
     save_saliency(out / f"{stem}_saliency.png", image, saliency_map, title)
     console.print(f"saliency of {image_path} written to {out}")
+
+
+@explain_app.command("layers")
+def explain_layers(model: ModelOption = DEFAULT_MODEL) -> None:
+    """The names of a model's layers (for explain invert), with their output shapes for a
+    64x64 image."""
+    try:
+        counter = load_model(model)
+    except InputError as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    view = Table(title=f"layers of {model} ({counter.config.arch})")
+    for column in ("layer", "type", "output (C, H, W) for 64x64"):
+        view.add_column(column)
+    for name, kind, shape in layer_table(counter):
+        view.add_row(name, kind, shape)
+    console.print(view)
+
+
+@explain_app.command("invert")
+def explain_invert(
+    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    layers: Annotated[list[str], typer.Option("--layer", "-l", help="Layer name (repeatable).")],
+    model: ModelOption = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "celltally-explain"
+    ),
+    steps: Annotated[int, typer.Option(help="Gradient steps per layer.", min=1)] = 300,
+) -> None:
+    """Reconstruct the image from each layer's features (feature inversion): a PNG of the input
+    beside the reconstructions and the objective curves, and the figures as JSON."""
+    try:
+        counter = load_model(model)
+        image = read_image(image_path)
+        counter.prepare(image, str(image_path))
+        inversions = [invert(counter, image, layer, steps) for layer in layers]
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    stem = image_path.stem
+    normalised = unpadded(counter, counter.prepare(image))[0].permute(1, 2, 0).numpy()
+    save_inversions(out / f"{stem}_inversion.png", normalised, inversions)
+    summary = {
+        i.layer: {"correlation": i.correlation, "objective": i.objective} for i in inversions
+    }
+    atomic_write(
+        out / f"{stem}_inversion.json", lambda tmp: Path(tmp).write_text(json.dumps(summary))
+    )
+    for inversion in inversions:
+        console.print(
+            f"{inversion.layer}: objective {inversion.objective[0]:.3g} ->"
+            f" {inversion.objective[-1]:.3g}, correlation with the input"
+            f" {inversion.correlation:.2f}"
+        )
 
 
 @app.command()

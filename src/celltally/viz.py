@@ -100,3 +100,28 @@ def save_saliency(path: str | Path, image: np.ndarray, saliency: np.ndarray, tit
         atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(figure)
+
+
+def save_inversions(path: str | Path, image: np.ndarray, inversions: list) -> None:
+    """Write a PNG of the normalised input beside each layer's reconstruction, and below them the
+    objective against the step."""
+    columns = len(inversions) + 1
+    figure, axes = plt.subplots(2, columns, figsize=(2.6 * columns, 5.4),
+                                gridspec_kw={"height_ratios": [1.4, 1]})  # fmt: skip
+    panels = [("input", image, None), *[(i.layer, i.image, i) for i in inversions]]
+    for axis, (title, picture, inversion) in zip(axes[0], panels, strict=True):
+        axis.imshow(display_image(picture), cmap="gray")
+        label = title if inversion is None else f"{title}\ncorrelation {inversion.correlation:.2f}"
+        axis.set_title(label, fontsize=8)
+        axis.set_axis_off()
+    axes[1, 0].set_axis_off()
+    for axis, inversion in zip(axes[1, 1:], inversions, strict=True):
+        axis.semilogy(inversion.objective)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[1, 1].set_ylabel("objective", fontsize=8)
+    figure.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(figure)
