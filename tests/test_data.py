@@ -103,3 +103,15 @@ def test_split_is_reproducible_and_disjoint():
     train, val, test = (set(names) for names in first.names().values())
     assert len(train) == len(val) == 8 and not (train & val) and not (train | val) & test
     assert max(train | val) <= "100" and sorted(test) == [f"{i:03d}" for i in range(101, 201)]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    from pathlib import Path
+
+    from celltally.data.points import atomic_write
+
+    atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask

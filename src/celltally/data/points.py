@@ -100,6 +100,10 @@ def check_points_inside(points: np.ndarray, shape: tuple[int, int], source: str 
         )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file."""
     path = Path(path)
@@ -108,6 +112,7 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); use the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
