@@ -38,6 +38,7 @@ from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_mo
 from celltally.models.io import resolve_model, save_model, versions
 from celltally.predict import ImageResult, count_file
 from celltally.predict import evaluate as evaluate_model
+from celltally.regions import box_region, geojson_regions, polygon_region, region_counts
 from celltally.train import TrainConfig
 from celltally.train import train as run_training
 from celltally.uncertainty import (
@@ -53,6 +54,7 @@ from celltally.viz import (
     save_overlay,
     save_reliability_plot,
     save_saliency,
+    save_view,
 )
 
 app = typer.Typer(
@@ -541,7 +543,8 @@ def _print_summary(summary: pd.DataFrame, out: Path) -> None:
 
 
 explain_app = typer.Typer(
-    help="What a model sees: saliency maps, feature inversion.", no_args_is_help=True
+    help="What a model sees: density views and region counts, saliency, feature inversion.",
+    no_args_is_help=True,
 )
 app.add_typer(explain_app, name="explain")
 
@@ -572,6 +575,56 @@ def explain_saliency(
     title = f"saliency{f' (SmoothGrad, {smooth} copies)' if smooth else ''}"
     save_saliency(out / f"{stem}_saliency.png", image, saliency_map, title)
     console.print(f"saliency of {image_path} written to {out}")
+
+
+@explain_app.command("view")
+def explain_view(
+    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    model: ModelOption = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "celltally-explain"
+    ),
+    boxes: Annotated[
+        list[str] | None, typer.Option("--box", help="Region y0,x0,y1,x1 (repeatable).")
+    ] = None,
+    polygons: Annotated[
+        list[str] | None, typer.Option("--polygon", help="Region y,x;y,x;y,x... (repeatable).")
+    ] = None,
+    geojson: Annotated[
+        Path | None, typer.Option(help="Regions: the polygons of a GeoJSON file ([x, y] pixels).")
+    ] = None,
+    ci: IntervalOption = False,
+    level: LevelOption = DEFAULT_LEVEL,
+) -> None:
+    """The density and the detected centres over the image (<stem>_view.png), and the count in
+    each region (<stem>_regions.csv)."""
+    try:
+        counter = load_model(model)
+        if ci:
+            check_intervals(counter, level)
+        image = read_image(image_path)
+        output = counter.predict_output(image, str(image_path))
+        shape = image.shape[:2]
+        regions = [box_region(b, shape) for b in boxes or []]
+        regions += [polygon_region(p, shape) for p in polygons or []]
+        regions += geojson_regions(geojson, shape) if geojson else []
+        rows = region_counts(counter, output, regions, level if ci else None)
+    except (InputError, ValueError) as error:
+        fail(str(error))
+        raise typer.Exit(2) from None
+    density, points = counter.density(output[0]), counter.peaks(output[0])
+    stem = image_path.stem
+    save_view(out / f"{stem}_view.png", image, density, points, regions, rows)
+    if rows:
+        table = pd.DataFrame(rows).round(3)
+        atomic_write(out / f"{stem}_regions.csv", lambda tmp: table.to_csv(tmp, index=False))
+        view = Table(title=f"regions of {image_path.name}")
+        for column in table.columns:
+            view.add_column(column, justify="left" if column == "region" else "right")
+        for row in table.itertuples(index=False):
+            view.add_row(*(str(v) for v in row))
+        console.print(view)
+    console.print(f"{image_path}: {density.sum(dtype=np.float64):.1f} cells; view in {out}")
 
 
 @explain_app.command("layers")

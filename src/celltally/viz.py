@@ -125,3 +125,37 @@ def save_inversions(path: str | Path, image: np.ndarray, inversions: list) -> No
         atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(figure)
+
+
+def save_view(
+    path: str | Path,
+    image: np.ndarray,
+    density: np.ndarray,
+    points: np.ndarray,
+    regions: list | None = None,
+    rows: list[dict] | None = None,
+) -> None:
+    """Write a PNG of the image with the detected centres beside the predicted density, both
+    with the regions outlined and labelled with their counts."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 5))
+    axes[0].imshow(display_image(image), cmap="gray")
+    if len(points):
+        axes[0].scatter(points[:, 1], points[:, 0], s=10, facecolors="none",
+                        edgecolors="#ffdd00", linewidths=0.7)  # fmt: skip
+    axes[0].set_title(f"{len(points)} centres")
+    shown = axes[1].imshow(density, cmap="viridis")
+    axes[1].set_title(f"density: {density.sum(dtype=np.float64):.1f} cells")
+    figure.colorbar(shown, ax=axes[1], fraction=0.046, label="cells per pixel")
+    for region, row in zip(regions or [], rows or [], strict=True):
+        for axis in axes:
+            axis.contour(region.mask, levels=[0.5], colors="#ff4060", linewidths=1.0)
+        y, x = np.argwhere(region.mask).mean(axis=0)
+        axes[1].text(x, y, f"{row['count']:.1f}", color="white", ha="center", va="center",
+                     fontsize=8, bbox={"facecolor": "#ff4060", "alpha": 0.7, "pad": 1})  # fmt: skip
+    for axis in axes:
+        axis.set_axis_off()
+    figure.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(figure)
