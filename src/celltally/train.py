@@ -356,7 +356,7 @@ def _counter_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig)
     order = [int(i) for i in sampler.rng.permutation(len(sampler.images))]
     losses = []
     for start in range(0, len(order), config.batch_size):
-        by_shape: dict[tuple, list[tuple[torch.Tensor, float]]] = {}
+        by_shape: dict[tuple, list[tuple[torch.Tensor, int]]] = {}
         for index in order[start : start + config.batch_size]:
             image = sampler.whole(index)[0]  # randomly turned: group equal shapes
             by_shape.setdefault(image.shape, []).append((image, len(sampler.points[index])))
