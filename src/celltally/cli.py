@@ -542,6 +542,10 @@ def _print_summary(summary: pd.DataFrame, out: Path) -> None:
     console.print(f"tables in {out / 'table.md'}, plot in {out / 'mae_vs_n.png'}")
 
 
+ImageArgument = Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")]
+ExplainOutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+EXPLAIN_OUT = Path("celltally-explain")
+
 explain_app = typer.Typer(
     help="What a model sees: density views and region counts, saliency, feature inversion.",
     no_args_is_help=True,
@@ -551,11 +555,9 @@ app.add_typer(explain_app, name="explain")
 
 @explain_app.command("saliency")
 def explain_saliency(
-    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    image_path: ImageArgument,
     model: ModelOption = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "celltally-explain"
-    ),
+    out: ExplainOutOption = EXPLAIN_OUT,
     smooth: Annotated[
         int, typer.Option(help="SmoothGrad: average over this many noisy copies (0: plain).")
     ] = 16,
@@ -565,11 +567,10 @@ def explain_saliency(
     try:
         counter = load_model(model)
         image = read_image(image_path)
-        counter.prepare(image, str(image_path))  # bad images fail here, with the file named
+        saliency_map = saliency(counter, image, samples=smooth, source=str(image_path))
     except InputError as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    saliency_map = saliency(counter, image, samples=smooth)
     stem = image_path.stem
     atomic_write(out / f"{stem}_saliency.tif", lambda tmp: tifffile.imwrite(tmp, saliency_map))
     title = f"saliency{f' (SmoothGrad, {smooth} copies)' if smooth else ''}"
@@ -579,11 +580,9 @@ def explain_saliency(
 
 @explain_app.command("view")
 def explain_view(
-    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    image_path: ImageArgument,
     model: ModelOption = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "celltally-explain"
-    ),
+    out: ExplainOutOption = EXPLAIN_OUT,
     boxes: Annotated[
         list[str] | None, typer.Option("--box", help="Region y0,x0,y1,x1 (repeatable).")
     ] = None,
@@ -646,12 +645,10 @@ def explain_layers(model: ModelOption = DEFAULT_MODEL) -> None:
 
 @explain_app.command("invert")
 def explain_invert(
-    image_path: Annotated[Path, typer.Argument(help="An image file.", metavar="IMAGE")],
+    image_path: ImageArgument,
     layers: Annotated[list[str], typer.Option("--layer", "-l", help="Layer name (repeatable).")],
     model: ModelOption = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "celltally-explain"
-    ),
+    out: ExplainOutOption = EXPLAIN_OUT,
     steps: Annotated[int, typer.Option(help="Gradient steps per layer.", min=1)] = 300,
 ) -> None:
     """Reconstruct the image from each layer's features (feature inversion): a PNG of the input
@@ -659,8 +656,8 @@ def explain_invert(
     try:
         counter = load_model(model)
         image = read_image(image_path)
-        counter.prepare(image, str(image_path))
-        inversions = [invert(counter, image, layer, steps) for layer in layers]
+        source = str(image_path)
+        inversions = [invert(counter, image, layer, steps, source=source) for layer in layers]
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None

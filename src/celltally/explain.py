@@ -25,11 +25,12 @@ def saliency(
     samples: int = 0,
     noise: float = SMOOTHGRAD_NOISE,
     seed: int = 0,
+    source: str | None = None,
 ) -> np.ndarray:
     """``(H, W)`` saliency of ``model``'s count of ``image`` (SmoothGrad with ``samples`` noisy
-    copies if ``samples`` > 0)."""
+    copies if ``samples`` > 0). A bad image raises ``InputError`` naming ``source``."""
     model.eval()
-    tensor = model.prepare(image)[None]
+    tensor = model.prepare(image, source)[None]
     height, width = image.shape[:2]
     pad = model.pad
     unpadded = tensor[..., pad : pad + height, pad : pad + width]
@@ -100,12 +101,14 @@ def invert(
     decay: float = 0.99,
     weight_decay: float = 1e-3,
     seed: int = 0,
+    source: str | None = None,
 ) -> Inversion:
     """Reconstruct an image from the features ``phi`` of ``layer`` (Mahendran & Vedaldi 2015,
     as in the FCRN paper's section 5): minimise ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 +
     weight_decay * mean(x^2)`` from random noise by gradient descent with momentum 0.9 and a step
     that decays by ``decay`` each step. The feature term is normalised so that one step size
-    suits every layer (100: the objective falls at ~99% of the steps for every FCRN-A layer)."""
+    suits every layer (100: the objective falls at ~99% of the steps for every FCRN-A layer).
+    A bad image raises ``InputError`` naming ``source``."""
     if layer not in layer_names(model):
         raise ValueError(
             f"no layer '{layer}' in {model.config.arch}; see celltally explain layers"
@@ -114,7 +117,7 @@ def invert(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    target_input = unpadded(model, model.prepare(image))
+    target_input = unpadded(model, model.prepare(image, source))
     features = _features(model, layer)
     target = features(target_input).detach()
     norm = target.pow(2).sum().clamp_min(1e-12)

@@ -149,14 +149,18 @@ def interval_metrics(rows: list[dict], level: float) -> dict[str, float]:
 def _predict(model, image: np.ndarray, source: str, level: float | None):
     """(count, centres or None, interval or None) of one image."""
     if hasattr(model, "predict_output"):  # a network: one forward pass for everything
-        output = model.predict_output(image, source=source)
-        bounds = None if level is None else model.count_interval(output, level)
-        return model.count_from_map(output[0]), model.peaks(output[0]), bounds
+        return _read_output(model, model.predict_output(image, source=source), level)
     if level is not None:
         raise ValueError(f"{type(model).__name__} gives no intervals; evaluate it without a level")
     if hasattr(model, "count_and_points"):  # a detector (segmentation)
         return (*model.count_and_points(image), None)
     return model.count(image), None, None
+
+
+def _read_output(model: CountingModel, output: np.ndarray, level: float | None):
+    """(count, centres, interval at ``level`` or None) of a model's ``(C, H, W)`` output."""
+    bounds = None if level is None else model.count_interval(output, level)
+    return model.count_from_map(output[0]), model.peaks(output[0]), bounds
 
 
 def count_file(model: CountingModel, path: Path, level: float | None = None) -> list[ImageResult]:
@@ -168,8 +172,7 @@ def count_file(model: CountingModel, path: Path, level: float | None = None) -> 
         name = path.stem if len(pages) == 1 else f"{path.stem}_p{index:03d}"
         output = model.predict_output(image, source=str(path))
         page = None if len(pages) == 1 else index
-        count, points = model.count_from_map(output[0]), model.peaks(output[0])
-        bounds = None if level is None else model.count_interval(output, level)
+        count, points, bounds = _read_output(model, output, level)
         density = model.density(output[0])
         results.append(ImageResult(name, path, page, image, density, count, points, bounds))
     return results

@@ -15,6 +15,14 @@ from celltally.data.points import atomic_write
 MIN_OVERLAY_SIDE = 512  # pixels; smaller images are drawn enlarged
 
 
+def write_figure(path: str | Path, figure, dpi: int) -> None:
+    """Save ``figure`` as a PNG atomically, and close it."""
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(figure)
+
+
 def display_image(image: np.ndarray) -> np.ndarray:
     """Stretch an ``(H, W, C)`` image to [0, 1] between its 1st and 99.8th percentiles."""
     low, high = np.percentile(image, [1.0, 99.8])
@@ -55,10 +63,7 @@ def save_overlay(path: str | Path, image: np.ndarray, points: np.ndarray, count:
     axes.set_axis_off()
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
-    finally:
-        plt.close(figure)
+    write_figure(path, figure, dpi)
 
 
 RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -80,8 +85,7 @@ def save_reliability_plot(
     )
     axes.legend(loc="lower right")
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
-    plt.close(figure)
+    write_figure(path, figure, 120)
 
 
 def save_saliency(path: str | Path, image: np.ndarray, saliency: np.ndarray, title: str) -> None:
@@ -96,10 +100,7 @@ def save_saliency(path: str | Path, image: np.ndarray, saliency: np.ndarray, tit
     for axis in axes:
         axis.set_axis_off()
     figure.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(figure)
+    write_figure(path, figure, 110)
 
 
 def save_inversions(path: str | Path, image: np.ndarray, inversions: list) -> None:
@@ -121,10 +122,7 @@ def save_inversions(path: str | Path, image: np.ndarray, inversions: list) -> No
         axis.tick_params(labelsize=7)
     axes[1, 1].set_ylabel("objective", fontsize=8)
     figure.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(figure)
+    write_figure(path, figure, 110)
 
 
 def save_view(
@@ -155,7 +153,4 @@ def save_view(
     for axis in axes:
         axis.set_axis_off()
     figure.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(figure)
+    write_figure(path, figure, 110)
