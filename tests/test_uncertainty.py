@@ -12,12 +12,14 @@ from typer.testing import CliRunner
 from celltally import create_model
 from celltally.cli import app
 from celltally.losses import gaussian_nll, total_variation
+from celltally.train import with_variance_head
 from celltally.uncertainty import (
     calibration_scores,
     conformal_quantile,
     interval,
     min_calibration_images,
     reliability,
+    score_quantile,
 )
 
 
@@ -87,6 +89,34 @@ def test_conformal_quantile_needs_enough_scores():
         conformal_quantile(np.arange(30.0), 95)
 
 
+def test_too_few_scores_for_conformal_fall_back_to_a_gaussian_temperature():
+    scores = [1.0, 2.0, 2.0, 4.0] * 4  # 16 < 19: no conformal 95% interval
+    assert score_quantile(scores, 0.95) == pytest.approx(1.959964 * np.sqrt(6.25))
+    assert score_quantile(np.arange(19.0), 0.95) == 18.0  # enough: conformal
+    outlier = [1.0] * 15 + [10.0]  # never narrower than the conformal 90% interval
+    assert score_quantile(outlier, 0.95) == score_quantile(outlier, 0.9) == 10.0
+    with pytest.raises(ValueError, match="calibrate"):
+        score_quantile([], 0.5)
+
+
+def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
+    """At the maximum-likelihood fit the scaled squared residuals average exactly 1 (the
+    bias's gradient is zero), and the head does not change the map."""
+    rng = np.random.default_rng(0)
+    images = [rng.random((48, 48)).astype(np.float32) for _ in range(3)]
+    points = [rng.uniform(0, 48, (int(rng.integers(5, 15)), 2)) for _ in range(3)]
+    model = create_model("fcrn_a").eval()
+    fitted = with_variance_head(model, images, points).eval()
+    scaled = []
+    for image, dots in zip(images, points, strict=True):
+        output = fitted.predict_output(image)
+        assert np.allclose(output[0], model.predict_map(image), atol=1e-6)
+        residual = fitted.training_target(dots, image.shape) - output[0]
+        scaled.append(residual.astype(np.float64) ** 2 * np.exp(-output[1].astype(np.float64)))
+    assert np.mean(scaled) == pytest.approx(1.0, abs=1e-3)
+    assert fitted.config.variance_head and not model.config.variance_head
+
+
 def test_intervals_are_ordered_and_never_negative():
     bounds = interval(2.0, 3.0, [0.5, 1.0, 2.0] * 10, 0.9)
     assert bounds.low == 0.0 and bounds.high == pytest.approx(2.0 + 2.0 * 3.0)
@@ -147,12 +177,18 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
         "--reliability", tmp_path / "reliability.png")  # fmt: skip
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["n_images"] == 6 and 0.0 <= report["interval"]["coverage"] <= 1.0
-    assert report["reliability"]["levels"][-1] == 0.95  # 20 scores: up to 95%
+    assert len(report["reliability"]["observed"]) == len(report["reliability"]["levels"])
     assert imread(tmp_path / "reliability.png").ndim == 3
 
     run("calibrate", "--model", tmp_path / "run", *data, "--out", tmp_path / "recal")
     recalibrated = json.loads((tmp_path / "recal" / "config.json").read_text())["config"]
     assert len(recalibrated["conformal_scores"]) == 30
+
+    # the bundled model has no variance head: fit one, then it gives intervals
+    run("calibrate", *data, "--fit-on", folder, "--out", tmp_path / "fitted")
+    run("count", folder, "--model", tmp_path / "fitted", "--ci", "--out", tmp_path / "f")
+    table = pd.read_csv(tmp_path / "f" / "counts.csv")
+    assert (table["ci_low"] <= table["count"]).all() and (table["count"] <= table["ci_high"]).all()
 
 
 def test_intervals_from_a_model_without_variance_head_are_a_one_line_error(samples_dir, tmp_path):

@@ -39,7 +39,7 @@ from celltally.models.io import resolve_model, save_model, versions
 from celltally.predict import ImageResult, count_file
 from celltally.predict import evaluate as evaluate_model
 from celltally.regions import box_region, geojson_regions, polygon_region, region_counts
-from celltally.train import TrainConfig
+from celltally.train import TrainConfig, with_variance_head
 from celltally.train import train as run_training
 from celltally.uncertainty import (
     DEFAULT_LEVEL,
@@ -363,15 +363,25 @@ def calibrate(
     subset: Annotated[
         str, typer.Option(help="'all' images, or 'test' (those the model never saw).")
     ] = "all",
+    fit_on: Annotated[
+        str | None,
+        typer.Option(
+            help="Annotated images (the model's training images) to fit a variance head on"
+            " first: for a model trained without one."
+        ),
+    ] = None,
 ) -> None:
-    """Recalibrate the count intervals of a model with a variance head on annotated images
-    (conformal prediction); writes the recalibrated copy to OUT."""
+    """Calibrate the count intervals of a model on annotated images (conformal prediction);
+    writes the calibrated copy to OUT."""
     try:
         counter = load_model(model)
-        if not counter.config.variance_head:
+        if fit_on is not None:
+            loaded = [s.load() for s in load_dataset(*resolve_data(fit_on, fmt))]
+            counter = with_variance_head(counter, *map(list, zip(*loaded, strict=True)))
+        elif not counter.config.variance_head:
             raise ValueError(
-                f"this {counter.config.arch} model has no variance head to calibrate;"
-                " train one with --set variance_head=true"
+                f"this {counter.config.arch} model has no variance head; fit one with --fit-on"
+                " TRAINING_IMAGES, or train with --set variance_head=true"
             )
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
@@ -388,8 +398,8 @@ def calibrate(
     save_model(counter, out)
     levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(samples)]
     console.print(
-        f"calibrated on {len(samples)} images; intervals available at levels up to"
-        f" {max(levels, default=0):.0%}; model written to {out}"
+        f"calibrated on {len(samples)} images: conformal intervals at levels up to"
+        f" {max(levels, default=0):.0%}, a Gaussian temperature above; model written to {out}"
     )
 
 
@@ -436,12 +446,11 @@ def _print_evaluation(result: dict) -> None:
 
 
 def _reliability(model, rows: list[dict], plot: Path | None) -> dict[str, list[float]]:
-    """Observed coverage at the nominal levels the calibration supports; plotted to ``plot``."""
-    scores = model.config.conformal_scores
-    levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(scores)]
+    """Observed coverage at the nominal levels; plotted to ``plot``."""
+    levels = list(RELIABILITY_LEVELS)
     observed = reliability(
         [r["count"] for r in rows], [r["sigma"] for r in rows], [r["true"] for r in rows],
-        scores, levels,
+        model.config.conformal_scores, levels,
     )  # fmt: skip
     if plot is not None:
         save_reliability_plot(plot, levels, observed, len(rows))

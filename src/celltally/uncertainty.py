@@ -14,6 +14,11 @@ the validation images it covers the true count with probability at least ``L`` (
 1 / (n + 1)``): no Gaussian assumption, and any error the model makes on such images is counted.
 A region's interval uses the same ``q`` with the region's ``sigma`` (exact only if the errors
 scale alike within images).
+
+A conformal interval at level ``L`` needs ``n >= L / (1 - L)`` images (19 for 95%). Below that,
+``q`` is a temperature fitted to the scores, ``z_L sqrt(mean(score^2))`` (exact only if the
+scaled errors are Gaussian), but at least the largest score: a higher level never gives a
+narrower interval than a lower, conformal one (``score_quantile``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from scipy.stats import norm
 
 DEFAULT_LEVEL = 0.95
+NOT_CALIBRATED = "the intervals are not calibrated; run celltally calibrate"
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,10 @@ def check_intervals(model, level: float) -> None:
     if not model.config.variance_head:
         raise ValueError(
             f"this {model.config.arch} model has no variance head, so it gives no intervals;"
-            " train one with --set variance_head=true"
+            " fit one (celltally calibrate --fit-on TRAINING_IMAGES) or train with --set"
+            " variance_head=true"
         )
-    conformal_quantile(model.config.conformal_scores, level)
+    score_quantile(model.config.conformal_scores, level)
 
 
 def min_calibration_images(level: float) -> int:
@@ -73,7 +80,7 @@ def conformal_quantile(scores: Sequence[float], level: float) -> float:
     n = len(scores)
     rank = math.ceil((n + 1) * check_level(level) - 1e-9)
     if n == 0:
-        raise ValueError("the intervals are not calibrated; run celltally calibrate")
+        raise ValueError(NOT_CALIBRATED)
     if rank > n:
         raise ValueError(
             f"{n} calibration images cannot give a {level:.0%} interval: it needs at least"
@@ -81,6 +88,18 @@ def conformal_quantile(scores: Sequence[float], level: float) -> float:
             " (celltally calibrate) or ask for a lower level"
         )
     return float(np.sort(np.asarray(scores, dtype=float))[rank - 1])
+
+
+def score_quantile(scores: Sequence[float], level: float) -> float:
+    """The multiple of sigma that makes the ``level`` interval: the conformal quantile of the
+    calibration ``scores`` if there are enough of them, else a Gaussian temperature fitted to
+    them, but at least their largest."""
+    if len(scores) == 0:
+        raise ValueError(NOT_CALIBRATED)
+    if len(scores) >= min_calibration_images(level):
+        return conformal_quantile(scores, level)
+    temperature = norm.ppf(0.5 + level / 2) * np.sqrt(np.mean(np.square(scores)))
+    return float(max(temperature, np.max(scores)))
 
 
 def calibration_scores(
@@ -102,7 +121,7 @@ def model_scores(model, outputs: Sequence[np.ndarray], true_counts: Sequence[flo
 def interval(count: float, sigma: float, scores: Sequence[float], level: float) -> CountInterval:
     """The calibrated interval at ``level`` of a count with predicted standard deviation
     ``sigma``, clipped to non-negative counts."""
-    half = conformal_quantile(scores, level) * sigma
+    half = score_quantile(scores, level) * sigma
     std = half / norm.ppf(0.5 + level / 2)
     low = max(count - half, 0.0)
     return CountInterval(count, low, max(count + half, low), std, level, sigma)
@@ -119,4 +138,4 @@ def reliability(
     give to predictions ``counts`` +- ``sigmas``."""
     errors = np.abs(np.asarray(counts, float) - np.asarray(true_counts, float))
     sigmas = np.asarray(sigmas, float)
-    return [float(np.mean(errors <= conformal_quantile(scores, lv) * sigmas)) for lv in levels]
+    return [float(np.mean(errors <= score_quantile(scores, lv) * sigmas)) for lv in levels]

@@ -43,8 +43,8 @@ class ModelConfig:
         sigma: width in pixels of the Gaussian per dot in the training target.
         scale: the target is ``scale`` x the density; the count is the map's sum / ``scale``.
         variance_head: a second output channel predicts each pixel's log-variance (its
-            additive share of a count's variance), trained by Gaussian likelihood; with
-            ``conformal_scores`` it gives count intervals (see ``celltally.uncertainty``).
+            additive share of a count's variance); with ``conformal_scores`` it gives count
+            intervals (see ``celltally.uncertainty``).
         conformal_scores: calibration: |count - true| / predicted std on validation images,
             sorted; set by training or ``celltally calibrate``.
         peak_threshold: smallest map value of a detected centre; chosen on validation data.
@@ -114,6 +114,13 @@ class CountingModel(nn.Module):
     def readout(self) -> nn.Conv2d | None:
         """The final 1x1 convolution if the output is linear in its input features (then it can
         be refitted after training), else ``None``."""
+        return None
+
+    @property
+    def variance_layer(self) -> nn.Conv2d | None:
+        """The 1x1 convolution that reads the log-variance from the features of the map's last
+        layer, if the model has one (fitted after training: ``celltally.train.fit_variance_head``),
+        else ``None``."""
         return None
 
     @property
@@ -268,6 +275,28 @@ class CountingModel(nn.Module):
                 module.weight, gain=1.0 if is_last else nn.init.calculate_gain("relu")
             )
             nn.init.zeros_(module.bias)
+
+
+def variance_head(config: ModelConfig, in_maps: int) -> nn.Conv2d | None:
+    """With ``config.variance_head``, a 1x1 convolution from the ``in_maps`` features that the
+    map's last layer reads to the log-variance; zero until it is fitted after training."""
+    if not config.variance_head:
+        return None
+    layer = nn.Conv2d(in_maps, 1, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def map_and_variance(
+    layers: nn.Sequential, head: nn.Conv2d | None, x: torch.Tensor
+) -> torch.Tensor:
+    """``layers(x)``; with a variance ``head``, its log-variance as a second channel, read
+    linearly from the input of the last layer (a nonlinearity there would clip it)."""
+    if head is None:
+        return layers(x)
+    features = layers[:-1](x)
+    return torch.cat([layers[-1](features), head(features)], dim=1)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
 from celltally.models.registry import register_model
 from celltally.targets import WINDOW, count_map, window_sums, window_sums_adjoint
 
@@ -199,17 +199,16 @@ class CountCeption(CountingModel):
             conv_block(64, 64, 1),
             conv_block(64, 1, 1),
         )
-        # With a variance head, the log-variance is read from the same features as the count
-        # map, linearly: the output block's LeakyReLU would squash negative log-variances.
-        self.log_variance = nn.Conv2d(64, 1, 1) if config.variance_head else None
         self.init_weights()
+        self.log_variance = variance_head(config, 64)
         self._last_deconvolution: tuple = (None, None)  # (output key, density): see _deconvolved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.log_variance is None:
-            return self.layers(x)
-        features = self.layers[:-1](x)
-        return torch.cat([self.layers[-1](features), self.log_variance(features)], dim=1)
+        return map_and_variance(self.layers, self.log_variance, x)
+
+    @property
+    def variance_layer(self) -> nn.Conv2d | None:
+        return self.log_variance
 
     def init_weights(self) -> None:
         """Glorot-uniform weights with the LeakyReLU gain, as in the original code."""

@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
 from celltally.models.registry import register_model
 
 
@@ -52,25 +52,29 @@ def learned_upsample_relu(in_maps: int, out_maps: int, batch_norm: bool) -> nn.S
 
 
 class FCRN(CountingModel):
-    """Shared by both FCRNs: ``build_layers(in_maps, out_maps, bn)`` lists the layers, ending in
-    the 1x1 ``density`` convolution (to the map, and its log-variance with a variance head)."""
+    """Shared by both FCRNs: ``build_layers(in_maps, bn)`` lists the layers, ending in the 1x1
+    ``density`` convolution to the map."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        layers = self.build_layers(config.in_channels, self.out_channels, config.batch_norm)
-        self.layers = nn.Sequential(layers)
+        self.layers = nn.Sequential(self.build_layers(config.in_channels, config.batch_norm))
         self.init_weights()
+        self.log_variance = variance_head(config, self.layers.density.in_channels)
 
     @staticmethod
-    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         raise NotImplementedError
 
     def forward(self, x):
-        return self.layers(x)
+        return map_and_variance(self.layers, self.log_variance, x)
 
     @property
     def readout(self) -> nn.Conv2d | None:
         return self.layers.density
+
+    @property
+    def variance_layer(self) -> nn.Conv2d | None:
+        return self.log_variance
 
 
 @register_model("fcrn_a")
@@ -80,7 +84,7 @@ class FCRNA(FCRN):
     min_size = 16
 
     @staticmethod
-    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         return OrderedDict(
             conv1=conv_relu(in_maps, 32, 3, bn),
             pool1=nn.MaxPool2d(2),
@@ -92,7 +96,7 @@ class FCRNA(FCRN):
             up5=upsample_conv_relu(512, 128, bn),
             up6=upsample_conv_relu(128, 64, bn),
             up7=upsample_conv_relu(64, 32, bn),
-            density=nn.Conv2d(32, out_maps, 1),
+            density=nn.Conv2d(32, 1, 1),
         )
 
 
@@ -103,7 +107,7 @@ class FCRNB(FCRN):
     min_size = 16
 
     @staticmethod
-    def build_layers(in_maps: int, out_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
+    def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         return OrderedDict(
             conv1=conv_relu(in_maps, 64, 3, bn),
             conv2=conv_relu(64, 64, 3, bn),
@@ -115,5 +119,5 @@ class FCRNB(FCRN):
             conv6=conv_relu(256, 256, 3, bn),
             up7=learned_upsample_relu(256, 256, bn),
             up8=learned_upsample_relu(256, 128, bn),
-            density=nn.Conv2d(128, out_maps, 1),
+            density=nn.Conv2d(128, 1, 1),
         )
