@@ -67,6 +67,7 @@ ModelOption = Annotated[
     str,
     typer.Option("--model", "-m", help="Bundled model name, checkpoint folder or training run."),
 ]
+FormatOption = Annotated[str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")]
 IntervalOption = Annotated[
     bool,
     typer.Option(
@@ -305,9 +306,7 @@ def synth(
 def evaluate(
     data: Annotated[str, typer.Option(help="Data folder, or the name of a set in the data path.")],
     model: ModelOption = DEFAULT_MODEL,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
-    ] = None,
+    fmt: FormatOption = None,
     subset: Annotated[
         str, typer.Option(help="'test' (fixed test set, or images the model never saw) or 'all'.")
     ] = "test",
@@ -357,9 +356,7 @@ def calibrate(
     data: Annotated[str, typer.Option(help="Annotated images the model was not trained on.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the recalibrated model.")],
     model: ModelOption = DEFAULT_MODEL,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
-    ] = None,
+    fmt: FormatOption = None,
     subset: Annotated[
         str, typer.Option(help="'all' images, or 'test' (those the model never saw).")
     ] = "all",
@@ -478,9 +475,7 @@ def benchmark(
     test_size: Annotated[
         int | None, typer.Option(help="countception test-set size (default per data set).")
     ] = None,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")
-    ] = None,
+    fmt: FormatOption = None,
     config: Annotated[
         Path | None,
         typer.Option(help="JSON training settings; a key naming a method holds its own."),

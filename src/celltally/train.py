@@ -261,7 +261,7 @@ def _finish(out, config, train_data, val_data, state, provenance) -> CountingMod
     peak threshold and calibrate its intervals on validation data, record provenance."""
     started = time.perf_counter()
     model = load_model(out / "model")
-    if model.variance_layer is not None:
+    if model.log_variance is not None:
         fit_variance_head(model, *train_data)
     val_images, val_points = val_data
     outputs = [model.predict_output(image) for image in val_images]
@@ -331,7 +331,7 @@ def fit_variance_head(
     cost FCRN-A 2 cells of MAE on VGG cells (4.80 against 2.64, N = 32, first draw). The fit uses
     ``pixels_per_image`` random pixels of each image.
     """
-    layer = model.variance_layer
+    layer = model.log_variance
     if layer is None:
         raise ValueError(
             f"this {model.config.arch} model has no variance head to fit; build it with"

@@ -109,18 +109,15 @@ class CountingModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # The 1x1 convolution that reads the log-variance from the features of the map's last
+        # layer, if the model has one (``variance_head``; fitted after training by
+        # ``celltally.train.fit_variance_head``); fpn_vgg11 learns its variance otherwise.
+        self.log_variance: nn.Conv2d | None = None
 
     @property
     def readout(self) -> nn.Conv2d | None:
         """The final 1x1 convolution if the output is linear in its input features (then it can
         be refitted after training), else ``None``."""
-        return None
-
-    @property
-    def variance_layer(self) -> nn.Conv2d | None:
-        """The 1x1 convolution that reads the log-variance from the features of the map's last
-        layer, if the model has one (fitted after training: ``celltally.train.fit_variance_head``),
-        else ``None``."""
         return None
 
     @property

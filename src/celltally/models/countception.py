@@ -206,10 +206,6 @@ class CountCeption(CountingModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return map_and_variance(self.layers, self.log_variance, x)
 
-    @property
-    def variance_layer(self) -> nn.Conv2d | None:
-        return self.log_variance
-
     def init_weights(self) -> None:
         """Glorot-uniform weights with the LeakyReLU gain, as in the original code."""
         gain = nn.init.calculate_gain("leaky_relu", LEAK)

@@ -72,10 +72,6 @@ class FCRN(CountingModel):
     def readout(self) -> nn.Conv2d | None:
         return self.layers.density
 
-    @property
-    def variance_layer(self) -> nn.Conv2d | None:
-        return self.log_variance
-
 
 @register_model("fcrn_a")
 class FCRNA(FCRN):
