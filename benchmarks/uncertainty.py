@@ -42,6 +42,8 @@ TABLES = {
     "vgg": {"data": "vgg_cells", "n": 32},
     "mbm": {"data": "mbm", "n": 15},
 }
+# fpn_vgg11's recipe, with fewer counter epochs (each validated on all the calibration images).
+FPN_SETTINGS = {"arch": "fpn_vgg11", "in_channels": 3, "finetune_epochs": 6}
 # Where the published-table benchmarks keep their trained models, per method.
 TRAINED = {
     "fcrn_a": Path("benchmarks/runs/tables"),
@@ -79,9 +81,9 @@ def run_fpn(args) -> None:
     train_set = samples[: args.n_train]
     val_set = samples[args.n_train : args.n_train + args.n_val]
     test_set = samples[args.n_train + args.n_val :]
-    config = TrainConfig.from_dict({"arch": "fpn_vgg11", "in_channels": 3})
-    model = train(config, train_set, val_set, RUNS / "fpn_bbbc005")
-    path.write_text(json.dumps(interval_result(model, test_set), indent=2))
+    model = train(TrainConfig.from_dict(FPN_SETTINGS), train_set, val_set, RUNS / "fpn_bbbc005")
+    result = {**interval_result(model, test_set), "n_train": args.n_train}
+    path.write_text(json.dumps({**result, "settings": FPN_SETTINGS}, indent=2))
 
 
 def run_table(name: str) -> None:
@@ -114,6 +116,16 @@ def calibrated_result(model, split: dict[str, list]) -> dict:
     model.config.conformal_scores = model_scores(model, outputs, truth)
     fit_s = time.perf_counter() - started
     return {**interval_result(model, split["test"]), "fit_and_calibration_s": fit_s}
+
+
+def fpn_line(r: dict) -> str:
+    return (
+        f"- fpn_vgg11 (`--part fpn`): trained on {r['n_train']} simulated `bbbc005` images"
+        f" (696x520, 1-100 cells, blur F = 1..48; seed 0) with settings"
+        f" `{json.dumps(r['settings'])}` in {r['train_time_s'] / 60:.0f} min, calibrated on"
+        f" {r['calibration_images']} others, tested on {r['n_test']} more. The paper (real"
+        ' BBBC005): MAE 2.4, R^2 0.987, largest error <= 6, "over 80%" coverage.'
+    )
 
 
 def pooled_coverage(results: list[tuple[str, str, dict]]) -> list[str]:
@@ -170,6 +182,8 @@ def report() -> str:
             f" / {100 * rel['0.9']:.0f}% | {r['calibration_images']} |"
         )
     lines += ["", *pooled_coverage(results)]
+    if (RUNS / "fpn_bbbc005.json").exists():
+        lines.append(fpn_line(json.loads((RUNS / "fpn_bbbc005.json").read_text())))
     return "\n".join(lines)
 
 

@@ -74,6 +74,44 @@ def test_the_losses_by_hand():
     assert count_loss(cells, torch.tensor([7.0])).item() == pytest.approx(by_hand, rel=1e-6)
 
 
+def test_recomputed_counter_statistics_make_inference_match_the_training_batches():
+    torch.manual_seed(0)
+    model = create_model("fpn_vgg11", in_channels=3)
+    masks = torch.rand(4, 1, 96, 96)
+    model.counter.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics of unrelated batches
+            model.counter(0.1 * torch.rand(4, 1, 96, 96))
+        model.eval()
+        before = model.counter(masks)[:, 0].sum().item()
+        model.recompute_counter_statistics([masks])
+        model.counter.train()
+        in_training = model.counter(masks)[:, 0].sum().item()
+        model.eval()
+        after = model.counter(masks)[:, 0].sum().item()
+    assert after == pytest.approx(in_training, rel=5e-3)  # unbiased against batch variance
+    assert abs(before - in_training) > 10 * abs(after - in_training)
+
+
+def test_counter_crops_count_the_dots_inside_them():
+    from celltally.train import _counter_example
+
+    rng = np.random.default_rng(0)
+    height, width = 70, 90
+    pixels = rng.choice(height * width, size=60, replace=False)
+    points = np.stack([pixels // width, pixels % width], axis=1) + rng.uniform(-0.49, 0.49, (60, 2))
+    indicator = np.zeros((height, width), np.float32)  # one 1 at each dot's pixel
+    indicator[pixels // width, pixels % width] = 1
+    assert _counter_example(indicator, points, rng, None)[1] == 60
+    sizes = set()
+    for _ in range(40):  # turned and cropped: the count is the dots the crop holds
+        crop, count = _counter_example(indicator, points, rng, 64)
+        assert crop.sum() == count
+        sizes.add(crop.shape)
+    assert sizes == {(64, 64)}
+    assert _counter_example(indicator, points, rng, 96)[0].shape in {(70, 90), (90, 70)}
+
+
 @pytest.mark.slow
 def test_segmenter_then_counter_training_on_synthetic_masks(tmp_path):
     from celltally.data.synth import preset, synth_samples

@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from safetensors.torch import load_file
 from celltally.config import from_dict as config_from_dict
 from celltally.data.datasets import Sample
 from celltally.data.images import to_channels
-from celltally.data.patches import PatchSampler
+from celltally.data.patches import N_AUGMENTATIONS, PatchSampler, augment
 from celltally.data.points import atomic_write
 from celltally.losses import LOSSES, gaussian_nll
 from celltally.metrics import DETECTION_RADIUS, count_metrics
@@ -48,6 +49,8 @@ REFIT_IMAGES = 64
 # Random pixels per image for fitting the variance head (its ~33-65 unknowns): enough, and
 # the fit stays within a few hundred MB on 64 Count-ception images.
 VARIANCE_PIXELS = 2**15
+# Batches of an epoch over which a counter's BatchNorm statistics are averaged after it.
+STATISTICS_BATCHES = 32
 
 
 @dataclass
@@ -72,6 +75,10 @@ class TrainConfig:
         variance_head: also predict each pixel's log-variance: after training, a head fitted
             on the training images (``fit_variance_head``; ``fpn_vgg11`` learns its own), whose
             intervals are calibrated on the validation images (``celltally.uncertainty``).
+        counter_crop: ``fpn_vgg11``: train the counter on random ``counter_crop`` x
+            ``counter_crop`` crops of the frozen segmenter's masks (each counting the dots
+            inside it) instead of whole masks: as many times cheaper per image as the crop is
+            smaller. ``None``: whole masks.
         window_stride: Count-ception: train on (and read) every ``window_stride``-th pixel of the
             count map (1, 2, 4, 8, 16 or 32).
         patch_size: side of the square training input patches, in pixels (of the padded image).
@@ -109,6 +116,7 @@ class TrainConfig:
     loss: str = "mse"
     variance_head: bool = False
     window_stride: int = 1
+    counter_crop: int | None = None
     patch_size: int = 100
     per_patch_norm: bool = True
     batch_size: int = 16
@@ -138,6 +146,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.counter_crop is not None and (self.counter_crop <= 0 or self.counter_crop % 32):
+            raise ValueError(
+                f"counter_crop must be a positive multiple of 32, got {self.counter_crop}"
+            )
         if self.epochs < 0 or self.finetune_epochs < 0 or self.epochs + self.finetune_epochs == 0:
             raise ValueError("need at least one epoch: set epochs and/or finetune_epochs")
 
@@ -183,6 +195,10 @@ def train(
     )
     if config.refit_readout and model.readout is None:
         raise ValueError(f"{config.arch} has no linear readout to refit; set refit_readout=false")
+    if model.trains_on_masks and config.finetune_epochs == 0:
+        raise ValueError(
+            f"{config.arch} trains its counter in the finetune epochs; set finetune_epochs >= 1"
+        )
     if config.init is not None:
         _start_from(model, config.init)
     train_data = _load(train_samples, config.in_channels)
@@ -202,6 +218,7 @@ def train(
     )
 
     total = config.epochs + config.finetune_epochs
+    counter_masks = None  # the frozen segmenter's masks of the training images
     with _progress(progress) as bar:
         task = bar.add_task("training", total=total, completed=state.epoch, status="")
         while state.epoch < total and not _out_of_time(config, state):
@@ -211,7 +228,9 @@ def train(
             if not finetune:
                 loss = _patch_epoch(model, sampler, optimizer, config, patch)
             elif model.trains_on_masks:
-                loss = _counter_epoch(model, sampler, optimizer, config)
+                if counter_masks is None:
+                    counter_masks = _predicted_masks(model, train_data[0])
+                loss = _counter_epoch(model, counter_masks, train_data[1], rng, optimizer, config)
             else:
                 loss = _finetune_epoch(model, sampler, optimizer, config)
             if not np.isfinite(loss):
@@ -220,7 +239,8 @@ def train(
                     f" rate (now {_lr(config, state.epoch):g}, e.g. --set lr=...)"
                 )
             candidate = _refitted_copy(model, train_data) if config.refit_readout else model
-            val_mae = _validate(candidate, val_images, val_points)
+            untrained_counter = model.trains_on_masks and not finetune
+            val_mae = nan if untrained_counter else _validate(candidate, val_images, val_points)
             state.elapsed += time.perf_counter() - started
             record = {
                 "epoch": state.epoch,
@@ -427,23 +447,59 @@ def _finetune_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig
     return float(np.mean([_step(model, optimizer, *sampler.whole(int(i)), config) for i in order]))
 
 
-def _counter_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig) -> float:
-    """One pass over the whole training images, ``batch_size`` at a time, training the counter
-    of a model trained on masks (its segmenter frozen, in evaluation mode)."""
+@torch.no_grad()
+def _predicted_masks(model, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The segmenter's finest mask of every (whole, normalised) image, in evaluation mode."""
+    model.eval()
+    tensors = (
+        model.network_input(torch.from_numpy(image.transpose(2, 0, 1).copy())) for image in images
+    )
+    return [model.predicted_mask(tensor[None])[0, 0].numpy() for tensor in tensors]
+
+
+def _counter_epoch(model, masks, points, rng: np.random.Generator, optimizer, config) -> float:
+    """One pass over the training images' predicted masks, ``batch_size`` at a time, each
+    randomly turned, training the counter of a model trained on masks (its segmenter frozen, in
+    evaluation mode). With ``counter_crop``, random crops instead, as many per mask as it has
+    crops' worth of pixels, so an epoch still covers about the whole training set. Then the
+    counter's BatchNorm statistics are recomputed on (up to ``STATISTICS_BATCHES`` of) the
+    epoch's batches."""
     model.train()
     model.segmenter.eval()
-    order = [int(i) for i in sampler.rng.permutation(len(sampler.images))]
-    losses = []
+    crop = config.counter_crop
+    repeats = [1 if crop is None else max(1, round(mask.size / crop**2)) for mask in masks]
+    order = [int(i) for i in rng.permutation(np.repeat(np.arange(len(masks)), repeats))]
+    losses, seen = [], []
     for start in range(0, len(order), config.batch_size):
-        by_shape: dict[tuple, list[tuple[torch.Tensor, int]]] = {}
+        by_shape: dict[tuple, list[tuple[np.ndarray, int]]] = {}
         for index in order[start : start + config.batch_size]:
-            image = sampler.whole(index)[0]  # randomly turned: group equal shapes
-            by_shape.setdefault(image.shape, []).append((image, len(sampler.points[index])))
+            mask, count = _counter_example(masks[index], points[index], rng, crop)
+            by_shape.setdefault(mask.shape, []).append((mask, count))
         for batch in by_shape.values():
-            inputs = torch.cat([image for image, _ in batch])
+            inputs = torch.from_numpy(np.stack([mask for mask, _ in batch])[:, None])
             counts = torch.tensor([float(count) for _, count in batch])
             losses.append(_step(model, optimizer, inputs, counts, config, "counter"))
+            seen.append(inputs)
+    model.recompute_counter_statistics(seen[:: max(1, len(seen) // STATISTICS_BATCHES)])
     return float(np.mean(losses))
+
+
+def _counter_example(
+    mask: np.ndarray, points: np.ndarray, rng: np.random.Generator, crop: int | None
+) -> tuple[np.ndarray, int]:
+    """``mask`` randomly turned and, with ``crop``, a random crop of it (at most ``crop`` on a
+    side); with the number of ``points`` inside (a dot belongs to its nearest pixel centre:
+    the convention under which turns and flips move dots exactly with the pixels)."""
+    turned, points = augment(mask[:, :, None], points, int(rng.integers(N_AUGMENTATIONS)))
+    turned = turned[:, :, 0]
+    if crop is None:
+        return turned, len(points)
+    height, width = min(crop, turned.shape[0]), min(crop, turned.shape[1])
+    top = int(rng.integers(turned.shape[0] - height + 1))
+    left = int(rng.integers(turned.shape[1] - width + 1))
+    rows, cols = np.floor(points[:, 0] + 0.5), np.floor(points[:, 1] + 0.5)
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return np.ascontiguousarray(turned[top : top + height, left : left + width]), int(inside.sum())
 
 
 def _step(

@@ -12,7 +12,8 @@ Counter (``VGG11Counter``): VGG-11 (configuration A: 64, M, 128, M, 256, 256, M,
 fully connected layers, whose input size is fixed, 1x1 convolutions (512 -> 256 -> 2) give every
 32x32 cell of the image a count (softplus: never negative) and a log-variance; the image's count
 and variance are their sums. So it accepts any image size, and a region's count is the sum over
-its cells. Trained on whole-image counts by Gaussian likelihood with the segmenter frozen.
+its cells. Trained by Gaussian likelihood on the counts of the frozen segmenter's masks of the
+training images (whole, or random crops counting the dots inside).
 
 The output, like every model's, is image-sized: each cell's count is spread over its pixels in
 proportion to the predicted mask (so the density sums to the count and sits on the cells), and
@@ -106,7 +107,7 @@ class FPNVGG11(CountingModel):
     min_size = 32
     trains_on_masks = True
     # Patch epochs train the segmenter on 128x128 patches; "fine-tuning" epochs the counter on
-    # whole images in batches, the segmenter frozen.
+    # the frozen segmenter's masks in batches, as 256x256 crops (``counter_crop``).
     recipe: ClassVar[dict] = {
         "refit_readout": False,
         "per_patch_norm": False,
@@ -115,6 +116,7 @@ class FPNVGG11(CountingModel):
         "epochs": 10,
         "finetune_epochs": 20,
         "finetune_lr": 1e-4,
+        "counter_crop": 256,
         "weight_decay": 0.0,
     }
 
@@ -156,16 +158,39 @@ class FPNVGG11(CountingModel):
     def segmenter_loss(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return segmentation_loss(self.segment(inputs), masks)
 
-    def counter_loss(self, inputs: torch.Tensor, true_counts: torch.Tensor) -> torch.Tensor:
-        """``count_loss`` of whole images; the segmenter is not trained (no gradient) and the
-        mask is zero outside the image (the padding to a multiple of 32)."""
+    @torch.no_grad()
+    def predicted_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The finest predicted mask of normalised images ``(B, C, H, W)``, what the counter
+        reads: computed on the images padded to a multiple of 32, then cut back to ``H, W``."""
         height, width = inputs.shape[-2:]
-        padded = F.pad(inputs, (0, -width % CELL, 0, -height % CELL))
-        with torch.no_grad():
-            mask = torch.sigmoid(self.segment(padded)[0][:, :1])
-            mask[..., height:, :] = 0
-            mask[..., :, width:] = 0
-        return count_loss(self.counter(mask), true_counts)
+        return torch.sigmoid(self.segment(_padded_to_cells(inputs))[0][:, :1])[..., :height, :width]
+
+    def counter_loss(self, masks: torch.Tensor, true_counts: torch.Tensor) -> torch.Tensor:
+        """``count_loss`` of the counter on predicted masks ``(B, 1, H, W)``."""
+        return count_loss(self.counter(_padded_to_cells(masks)), true_counts)
+
+    @torch.no_grad()
+    def recompute_counter_statistics(self, batches: list[torch.Tensor]) -> None:
+        """Set the counter's BatchNorm statistics to their plain average over ``batches`` of
+        masks (precise BatchNorm, Wu & Johnson 2021). The image count sums the counter's output
+        over hundreds of cells, so the noise that the running averages of training keep in the
+        statistics (they follow the last few batches) halved the counts at inference here."""
+        norms = [m for m in self.counter.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average
+        self.counter.train()
+        for batch in batches:
+            self.counter(_padded_to_cells(batch))
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+
+
+def _padded_to_cells(batch: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` zero-padded at the bottom and right to a multiple of the cell size."""
+    height, width = batch.shape[-2:]
+    return F.pad(batch, (0, -width % CELL, 0, -height % CELL))
 
 
 def segmentation_loss(
