@@ -125,6 +125,7 @@ def fpn_line(r: dict) -> str:
         f" `{json.dumps(r['settings'])}` in {r['train_time_s'] / 60:.0f} min, calibrated on"
         f" {r['calibration_images']} others, tested on {r['n_test']} more. The paper (real"
         ' BBBC005): MAE 2.4, R^2 0.987, largest error <= 6, "over 80%" coverage.'
+        + (f" {r['note']}" if "note" in r else "")
     )
 
 
