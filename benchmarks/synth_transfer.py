@@ -99,16 +99,13 @@ def main() -> None:
 
     synthetic = cached(args.runs / f"synth_vgg_{args.n_synth}.json", synthetic_only)
 
-    def fine_tuned(seed: int, mixed: bool) -> dict:
+    def fine_tuned(seed: int, mixed: bool, out: Path) -> dict:
         split = protocol_split(real, "vgg_cells", 8, 8, seed)
         config = TrainConfig(seed=seed, init=str(synth_run / "model"), **FINETUNE_SETTINGS)
         train_set = split.train
         if mixed:
             simulated = synth_samples(preset("vgg_cells"), MIX["n_synth"], seed=MIX["synth_seed"])
             train_set = split.train * MIX["real_repeats"] + simulated
-        out = (
-            args.runs / f"synth_vgg_{args.n_synth}_finetune8{'_mixed' if mixed else ''}_seed{seed}"
-        )
         model = train(
             config, train_set, split.val, out, split.record(str(args.data), "vgg_cells", seed)
         )
@@ -117,7 +114,10 @@ def main() -> None:
     def draws(mixed: bool) -> list[dict]:
         name = f"synth_vgg_{args.n_synth}_finetune8{'_mixed' if mixed else ''}"
         return [
-            cached(args.runs / f"{name}_seed{s}.json", lambda s=s: fine_tuned(s, mixed))
+            cached(
+                args.runs / f"{name}_seed{s}.json",
+                lambda s=s: fine_tuned(s, mixed, args.runs / f"{name}_seed{s}"),
+            )
             for s in range(args.draws)
         ]
 

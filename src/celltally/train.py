@@ -480,7 +480,7 @@ def _counter_epoch(model, masks, points, rng: np.random.Generator, optimizer, co
             counts = torch.tensor([float(count) for _, count in batch])
             losses.append(_step(model, optimizer, inputs, counts, config, "counter"))
             seen.append(inputs)
-    model.recompute_counter_statistics(seen[:: max(1, len(seen) // STATISTICS_BATCHES)])
+    model.recompute_counter_statistics(seen[:: -(-len(seen) // STATISTICS_BATCHES)])
     return float(np.mean(losses))
 
 
