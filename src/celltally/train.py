@@ -451,10 +451,7 @@ def _finetune_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig
 def _predicted_masks(model, images: list[np.ndarray]) -> list[np.ndarray]:
     """The segmenter's finest mask of every (whole, normalised) image, in evaluation mode."""
     model.eval()
-    tensors = (
-        model.network_input(torch.from_numpy(image.transpose(2, 0, 1).copy())) for image in images
-    )
-    return [model.predicted_mask(tensor[None])[0, 0].numpy() for tensor in tensors]
+    return [model.predicted_mask(model.prepare(image)[None])[0, 0].numpy() for image in images]
 
 
 def _counter_epoch(model, masks, points, rng: np.random.Generator, optimizer, config) -> float:
