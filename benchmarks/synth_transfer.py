@@ -9,7 +9,9 @@
    (``MIX``), so that fine-tuning adapts to the real images without forgetting the simulated
    ones; still validated on the 8 real validation images only.
 
-Runs resume from --runs. Writes the ``synth-transfer`` section of benchmarks/RESULTS.md.
+Every model is also tested with test-time augmentation (``--tta``: the mean output over the
+8 flips and quarter turns of each image). Runs resume from --runs. Writes the
+``synth-transfer`` section of benchmarks/RESULTS.md.
 
     python benchmarks/synth_transfer.py
 """
@@ -25,6 +27,7 @@ import torch
 
 from celltally.data import default_data_root, load_dataset, protocol_split
 from celltally.data.synth import preset, synth_samples
+from celltally.models import load_model
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
 from results import write_section
@@ -49,24 +52,30 @@ def measured(model, test, extra: dict) -> dict:
     }
 
 
-def mean_std(results: list[dict]) -> str:
-    mae = np.array([r["count"]["mae"] for r in results])
+def mean_std(results: list[dict], tta: bool = False) -> str:
+    mae = np.array([(r["tta"] if tta else r)["count"]["mae"] for r in results])
     return f"{mae.mean():.2f} +- {mae.std(ddof=1) if len(mae) > 1 else 0:.2f}"
 
 
-def cached(path: Path, compute) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute()
+def cached(path: Path, compute, test: list) -> dict:
+    """The result in ``path``, else computed; with the test metrics of the model (saved in the
+    run folder of the same name) under test-time augmentation added if missing."""
+    result = json.loads(path.read_text()) if path.exists() else compute()
+    if "tta" not in result:
+        model = load_model(path.with_suffix(""))
+        model.config.tta = True
+        metrics = evaluate(model, test, radius=5.0)
+        result["tta"] = {"count": metrics["count"], "detection": metrics["detection"]}
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
 def row(label: str, r: dict) -> str:
-    d = r["detection"]
+    d, tta = r["detection"], r["tta"]
     return (
         f"| {label} | {r['count']['mae']:.2f} | {r['count']['rmse']:.2f} | {d['precision']:.3f}"
-        f" | {d['recall']:.3f} | {d['f1']:.3f} | {r['train_time_s'] / 60:.1f} min |"
+        f" | {d['recall']:.3f} | {d['f1']:.3f} | {tta['count']['mae']:.2f}"
+        f" | {tta['detection']['f1']:.3f} | {r['train_time_s'] / 60:.1f} min |"
     )
 
 
@@ -97,7 +106,7 @@ def main() -> None:
         )
         return measured(model, test, {"settings": SYNTH_SETTINGS})
 
-    synthetic = cached(args.runs / f"synth_vgg_{args.n_synth}.json", synthetic_only)
+    synthetic = cached(args.runs / f"synth_vgg_{args.n_synth}.json", synthetic_only, test)
 
     def fine_tuned(seed: int, mixed: bool, out: Path) -> dict:
         split = protocol_split(real, "vgg_cells", 8, 8, seed)
@@ -117,6 +126,7 @@ def main() -> None:
             cached(
                 args.runs / f"{name}_seed{s}.json",
                 lambda s=s: fine_tuned(s, mixed, args.runs / f"{name}_seed{s}"),
+                test,
             )
             for s in range(args.draws)
         ]
@@ -132,17 +142,22 @@ def main() -> None:
         f" that model on N = 8 real training + 8 validation images drawn from 001-100 (one draw per"
         f" seed; settings {json.dumps(FINETUNE_SETTINGS)}): on the 8 real images alone, or mixed"
         f" with simulated ones ({json.dumps(MIX)}: each real image {MIX['real_repeats']} times, half"
-        " of the training images real). Training time is per model.",
+        " of the training images real). Training time is per model. TTA: the same model tested"
+        " with test-time augmentation (`--tta`, the mean output over each image's 8 flips and"
+        " quarter turns; 8x the inference time).",
         "",
-        "| model | test MAE | RMSE | precision | recall | F1 (5 px) | train time |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | test MAE | RMSE | precision | recall | F1 (5 px) | MAE, TTA | F1, TTA"
+        " | train time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         row("synthetic only", synthetic),
         *(row(f"+ fine-tuned on 8 real (seed {r['seed']})", r) for r in tuned),
         *(row(f"+ fine-tuned on 8 real mixed with simulated (seed {r['seed']})", r) for r in mixed),
         "",
-        f"**Synthetic only: test MAE {synthetic['count']['mae']:.2f}** (target <= 4.0);"
-        f" **fine-tuned on 8 real images: {mean_std(tuned)}, mixed with simulated images:"
-        f" {mean_std(mixed)}** over {len(mixed)} draws (target <= 3.0).",
+        f"**Synthetic only: test MAE {synthetic['count']['mae']:.2f}** (target <= 4.0; with"
+        f" TTA {synthetic['tta']['count']['mae']:.2f}); **fine-tuned on 8 real images:"
+        f" {mean_std(tuned)}, with TTA {mean_std(tuned, tta=True)}**; mixed with simulated"
+        f" images: {mean_std(mixed)}, with TTA {mean_std(mixed, tta=True)}; over {len(mixed)}"
+        " draws (target <= 3.0).",
         "",
     ]
     text = "\n".join(lines)

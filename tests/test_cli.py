@@ -61,6 +61,20 @@ def test_count_reads_16_bit_and_multi_page_tiffs_and_globs(samples_dir, tmp_path
     assert counts.iloc[1] == pytest.approx(counts.iloc[2], rel=0.05)  # a flipped page
 
 
+def test_count_with_tta_gives_a_turned_image_the_same_count(samples_dir, tmp_path):
+    image = imread(samples_dir / "101cell.png")
+    imwrite(tmp_path / "a.png", image)
+    imwrite(tmp_path / "b.png", np.ascontiguousarray(np.rot90(image)[::-1]))
+    plain = run("count", tmp_path / "*.png", "--out", tmp_path / "plain", "--no-overlays")
+    result = run("count", tmp_path / "*.png", "--out", tmp_path / "tta", "--no-overlays", "--tta")
+    assert plain.exit_code == result.exit_code == 0, result.output
+    counts = pd.read_csv(tmp_path / "tta" / "counts.csv")["count"]
+    assert counts[0] == pytest.approx(counts[1], abs=2e-3)  # the same 8 views, averaged
+    plain_counts = pd.read_csv(tmp_path / "plain" / "counts.csv")["count"]
+    assert abs(plain_counts[0] - plain_counts[1]) > 0.01
+    assert json.loads((tmp_path / "tta" / "run.json").read_text())["model_config"]["tta"]
+
+
 def test_bad_files_are_reported_and_the_rest_still_counted(samples_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

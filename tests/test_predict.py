@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 from celltally import create_model, load_model, save_model
 from celltally.errors import InputError
 from celltally.models import bundled_models, model_hash
+from celltally.predict import DIHEDRAL, moved, to_image_frame
 
 
 @pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b", "countception"])
@@ -41,3 +43,30 @@ def test_the_bundled_model_loads_by_name():
     model = load_model("fcrn_a_vgg_cells")
     assert model.config.arch == "fcrn_a"
     assert model.config.training["format"] == "vgg_cells"
+
+
+@pytest.mark.parametrize("name", ["fcrn_a", "countception"])
+@pytest.mark.parametrize("transform", DIHEDRAL)
+def test_targets_of_moved_dots_map_back_onto_the_image(name, transform, rng):
+    model = create_model(name)
+    shape = (37, 45)
+    dots = np.zeros(shape, dtype=np.float32)
+    dots[rng.integers(0, 37, 12), rng.integers(0, 45, 12)] = 1  # including the borders
+    dots[0, 0] = dots[36, 44] = dots[0, 44] = 1
+    moved_dots = moved(torch.from_numpy(dots), transform).numpy()
+    target = model.training_target(np.argwhere(dots), shape)
+    moved_target = model.training_target(np.argwhere(moved_dots), moved_dots.shape)
+    back = to_image_frame(model, moved_target[None], transform)[0]
+    np.testing.assert_allclose(back, target, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fcrn_a", "countception"])
+def test_tta_counts_the_mean_of_the_moved_images_counts(name, rng):
+    model = create_model(name)
+    image = rng.random((61, 83), dtype=np.float32)
+    counts = [model.count(moved(torch.from_numpy(image), t).numpy()) for t in DIHEDRAL]
+    assert np.ptp(counts) > 1e-3  # a random network is not equivariant: the mean is not trivial
+    model.config.tta = True
+    assert model.count(image) == pytest.approx(np.mean(counts), rel=1e-4)
+    grow = 2 * model.pad - model.shrink
+    assert model.predict_map(image).shape == (61 + grow, 83 + grow)

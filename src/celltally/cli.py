@@ -34,7 +34,14 @@ from celltally.data.synth import (
 from celltally.errors import InputError
 from celltally.explain import invert, layer_table, saliency, unpadded
 from celltally.metrics import DETECTION_RADIUS
-from celltally.models import DEFAULT_MODEL, bundled_models, list_models, load_model, model_hash
+from celltally.models import (
+    DEFAULT_MODEL,
+    CountingModel,
+    bundled_models,
+    list_models,
+    load_model,
+    model_hash,
+)
 from celltally.models.io import resolve_model, save_model, versions
 from celltally.predict import ImageResult, count_file
 from celltally.predict import evaluate as evaluate_model
@@ -75,9 +82,24 @@ IntervalOption = Annotated[
         help="Calibrated count intervals (models with a variance head): ci_low, ci_high, std.",
     ),
 ]
+TTAOption = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: average the model's output over the image's 8 flips and"
+        " quarter turns (8x slower, lower count error).",
+    ),
+]
 LevelOption = Annotated[
     float, typer.Option(help="Interval level with --ci, a fraction.", min=0.01, max=0.999)
 ]
+
+
+def _loaded(model: str, tta: bool) -> CountingModel:
+    """The model, with test-time augmentation switched on if asked (else as saved)."""
+    counter = load_model(model)
+    counter.config.tta = counter.config.tta or tta
+    return counter
 
 
 def fail(message: str) -> None:
@@ -94,13 +116,14 @@ def count(
     overlays: Annotated[bool, typer.Option(help="Write overlay PNGs.")] = True,
     ci: IntervalOption = False,
     level: LevelOption = DEFAULT_LEVEL,
+    tta: TTAOption = False,
 ) -> None:
     """Count cells per image: counts.csv, points/, density/, overlays/ and run.json in OUT."""
     try:
         files = find_images(paths)
         if not files:
             raise InputError(" ".join(paths), "no images found (PNG, JPEG, TIFF or BMP)")
-        counter = load_model(model)
+        counter = _loaded(model, tta)
         if ci:
             check_intervals(counter, level)
     except (InputError, ValueError) as error:
@@ -322,11 +345,12 @@ def evaluate(
         Path | None,
         typer.Option(help="With --ci: write the reliability plot (PNG) here."),
     ] = None,
+    tta: TTAOption = False,
 ) -> None:
     """Count MAE, RMSE, relative error and detection precision / recall / F1 on annotated images;
     with --ci, the coverage and mean width of the count intervals."""
     try:
-        counter = load_model(model)
+        counter = _loaded(model, tta)
         if ci:
             check_intervals(counter, level)
         root, fmt = resolve_data(data, fmt)
@@ -367,11 +391,18 @@ def calibrate(
             " first: for a model trained without one."
         ),
     ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Calibrate with test-time augmentation, and save the model with it switched on.",
+        ),
+    ] = False,
 ) -> None:
     """Calibrate the count intervals of a model on annotated images (conformal prediction);
     writes the calibrated copy to OUT."""
     try:
-        counter = load_model(model)
+        counter = _loaded(model, tta)
         if fit_on is not None:
             loaded = [s.load() for s in load_dataset(*resolve_data(fit_on, fmt))]
             counter = with_variance_head(counter, *map(list, zip(*loaded, strict=True)))

@@ -50,6 +50,8 @@ class ModelConfig:
         peak_threshold: smallest map value of a detected centre; chosen on validation data.
         min_distance: smallest distance in pixels between two detected centres.
         tile_size: images larger than this (plus margins) are processed in tiles of this size.
+        tta: test-time augmentation: the output is the mean over the image's 8 flips and
+            quarter turns, each mapped back onto the image (8x slower; lowers the count error).
         training: provenance written by ``celltally train`` (data, split, settings, versions).
     """
 
@@ -65,6 +67,7 @@ class ModelConfig:
     peak_threshold: float = 0.5
     min_distance: int = 3
     tile_size: int = 512
+    tta: bool = False
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,9 @@ class CountingModel(nn.Module):
     shrink: ClassVar[int] = 0  # the output is this much smaller than the (padded) input
     recipe: ClassVar[dict] = {}  # training settings that differ from TrainConfig's defaults
     trains_on_masks: ClassVar[bool] = False  # foreground masks, not target maps (fpn_vgg11)
+    # A mirrored output map lies this many pixels too far along the mirrored axis (see
+    # ``celltally.predict.predict_dihedral``).
+    flip_shift: ClassVar[int] = 0
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -204,13 +210,14 @@ class CountingModel(nn.Module):
     def predict_output(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
         """The ``(out_channels, H, W)`` output: the map, then its log-variance if the model has
         a variance head."""
-        from celltally.predict import predict_tiled  # predict builds on this module
+        from celltally.predict import predict_dihedral, predict_tiled  # they build on this module
 
         tensor = self.prepare(image, source)
         was_training = self.training
         self.eval()
+        predict = predict_dihedral if self.config.tta else predict_tiled
         try:
-            return predict_tiled(self, tensor, self.config.tile_size, self.tile_margin)
+            return predict(self, tensor, self.config.tile_size, self.tile_margin)
         finally:
             self.train(was_training)
 

@@ -163,6 +163,7 @@ class CountCeption(CountingModel):
     stride = 1
     pad = WINDOW
     shrink = WINDOW
+    flip_shift = 1  # a count-map pixel is the window that ends there (see ``count_map``)
     tile_margin = 16  # > the reach of the six 3x3 "same" convolutions after the first layer
     min_size = 1
     # L1, Adam and batches of 4 as in the paper. Its learning rate, 5e-3, moves the weights of a
