@@ -5,6 +5,7 @@ benchmarks/RESULTS.md. Everything resumes: finished draws are read back, not rec
 
     python benchmarks/tables.py                 # every table
     python benchmarks/tables.py --only mbm      # one of: vgg_cells, mbm, adipocyte
+    python benchmarks/tables.py --report        # the sections from the finished draws only
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from celltally.benchmark import BenchmarkConfig, run_benchmark
+from celltally.benchmark import BenchmarkConfig, run_benchmark, write_reports
 from results import write_section
 
 METHODS = ("mean", "segmentation", "fcrn_a", "fcrn_b")
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="a subset, comma-separated")
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs/tables"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="train nothing; write the tables")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.only or TABLES:
@@ -52,7 +54,10 @@ def main() -> None:
             data=name, methods=methods, draws=args.draws, settings=SETTINGS, **table
         )
         out = args.runs / name
-        run_benchmark(config, out, on_record=lambda r: print(_line(r), flush=True))
+        if args.report:
+            write_reports(out, name)
+        else:
+            run_benchmark(config, out, on_record=lambda r: print(_line(r), flush=True))
         plot = Path(__file__).with_name(f"mae_vs_n_{name}.png")
         shutil.copyfile(out / "mae_vs_n.png", plot)
         command = f"python benchmarks/tables.py --only {name}"
