@@ -391,16 +391,11 @@ def calibrate(
             " first: for a model trained without one."
         ),
     ] = None,
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta",
-            help="Calibrate with test-time augmentation, and save the model with it switched on.",
-        ),
-    ] = False,
+    tta: TTAOption = False,
 ) -> None:
     """Calibrate the count intervals of a model on annotated images (conformal prediction);
-    writes the calibrated copy to OUT."""
+    writes the calibrated copy to OUT (with --tta: calibrated, and saved, with test-time
+    augmentation)."""
     try:
         counter = _loaded(model, tta)
         if fit_on is not None:
