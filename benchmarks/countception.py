@@ -6,8 +6,9 @@
 - ``stride``: the paper's Table 3 on VGG cells N = 32, draw 0: the window stride s used in
   training and testing, or only in testing (the s = 1 models of ``vgg``, every draw).
 
-Training runs and records resume (``benchmarks/runs/countception``). Writes the ``countception``
-section of benchmarks/RESULTS.md from whatever is finished.
+Records resume (``benchmarks/countception``, committed; the training runs in its ``runs/``
+folders are not). Writes the ``countception`` section of benchmarks/RESULTS.md from whatever is
+finished.
 
     python benchmarks/countception.py                  # every part, in this order
     python benchmarks/countception.py --part stride    # one part (repeatable)
@@ -28,7 +29,7 @@ from celltally.data import default_data_root, load_dataset, protocol_split
 from celltally.data.images import to_channels
 from results import write_section
 
-RUNS = Path("benchmarks/runs/countception")
+OUT = Path(__file__).with_name("countception")
 DRAWS = 3
 STRIDES = (1, 8, 16, 32)
 PARTS = {
@@ -46,7 +47,7 @@ def run_part(name: str) -> None:
         draws=DRAWS,
         methods=("countception",),
     )
-    run_benchmark(config, RUNS / part["data"], on_record=_print)
+    run_benchmark(config, OUT / part["data"], on_record=_print)
 
 
 def run_strides() -> None:
@@ -61,10 +62,10 @@ def run_strides() -> None:
             methods=("countception",),
             settings={"window_stride": stride},
         )
-        run_benchmark(config, RUNS / f"vgg_cells_stride{stride}", on_record=_print)
+        run_benchmark(config, OUT / f"vgg_cells_stride{stride}", on_record=_print)
     for seed in range(DRAWS):
-        path = RUNS / f"vgg_cells_test_strides_seed{seed}.json"
-        model_dir = RUNS / "vgg_cells" / "runs" / f"countception_n32_seed{seed}" / "model"
+        path = OUT / f"vgg_cells_test_strides_seed{seed}.json"
+        model_dir = OUT / "vgg_cells" / "runs" / f"countception_n32_seed{seed}" / "model"
         if not path.exists() and (model_dir / "config.json").exists():
             path.write_text(json.dumps(test_strides(model_dir, seed)))
 
@@ -91,8 +92,9 @@ def report() -> str:
         "",
         "Command: `python benchmarks/countception.py` (parts `--part vgg`, `--part mbm`,"
         " `--part stride`), with the model's default recipe"
-        " (`celltally.models.countception.CountCeption.recipe`). Records, splits and runs:"
-        f" `{RUNS}`. Detection: the centres of the deconvolved count map, matched within 5 px.",
+        " (`celltally.models.countception.CountCeption.recipe`). Records and splits:"
+        " `benchmarks/countception`. Detection: the centres of the deconvolved count map,"
+        " matched within 5 px.",
         "",
         "| data | N | draws | MAE (ours) | MAE (paper) | per draw | RMSE | precision | recall"
         " | F1 | training time per draw |",
@@ -100,7 +102,7 @@ def report() -> str:
     ]
     paper = {"vgg_cells": "2.4 ± 0.4", "mbm": "8.8 ± 2.3"}
     for part in PARTS.values():
-        records = load_records(RUNS / part["data"])
+        records = load_records(OUT / part["data"])
         if not records:
             continue
         row = summarise(records).iloc[0]
@@ -115,10 +117,10 @@ def report() -> str:
 
 
 def stride_table() -> list[str]:
-    trained = {1: load_records(RUNS / "vgg_cells")}
-    trained |= {s: load_records(RUNS / f"vgg_cells_stride{s}") for s in STRIDES[1:]}
+    trained = {1: load_records(OUT / "vgg_cells")}
+    trained |= {s: load_records(OUT / f"vgg_cells_stride{s}") for s in STRIDES[1:]}
     tested = [
-        json.loads(p.read_text()) for p in sorted(RUNS.glob("vgg_cells_test_strides_seed*.json"))
+        json.loads(p.read_text()) for p in sorted(OUT.glob("vgg_cells_test_strides_seed*.json"))
     ]
     if not tested and not trained[1]:
         return []

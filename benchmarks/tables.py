@@ -1,7 +1,9 @@
 """Benchmark: the published tables (Xie 2016 Table 1, Cohen 2017 Tables 1-2) on this machine.
 
 Runs ``celltally benchmark`` (its Python API) for each table below and writes its section of
-benchmarks/RESULTS.md. Everything resumes: finished draws are read back, not recomputed.
+benchmarks/RESULTS.md. Everything resumes: finished draws are read back, not recomputed. The
+records, tables and plots (``benchmarks/tables/<data>/``) are committed, so a fresh clone can
+rewrite the tables (``--report``) and resume; the trained networks (``runs/`` there) are not.
 
     python benchmarks/tables.py                 # every table
     python benchmarks/tables.py --only mbm      # one of: vgg_cells, mbm, adipocyte
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(TABLES), action="append")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help="a subset, comma-separated")
-    parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs/tables"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("tables"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="train nothing; write the tables")
     args = parser.parse_args()
@@ -53,13 +54,11 @@ def main() -> None:
         config = BenchmarkConfig(
             data=name, methods=methods, draws=args.draws, settings=SETTINGS, **table
         )
-        out = args.runs / name
+        out = args.out / name
         if args.report:
             write_reports(out, name)
         else:
             run_benchmark(config, out, on_record=lambda r: print(_line(r), flush=True))
-        plot = Path(__file__).with_name(f"mae_vs_n_{name}.png")
-        shutil.copyfile(out / "mae_vs_n.png", plot)
         command = f"python benchmarks/tables.py --only {name}"
         text = "\n".join(
             [
@@ -69,8 +68,9 @@ def main() -> None:
                 f" --protocol {table['protocol']} {' '.join(f'--n {n}' for n in table['n'])}"
                 f" --draws 3 --methods {','.join(METHODS)} --config SETTINGS.json`, with"
                 " SETTINGS.json ="
-                f" `{json.dumps(SETTINGS)}`). Records and splits: `{out}`; plot:"
-                f" `benchmarks/{plot.name}`.",
+                f" `{json.dumps(SETTINGS)}`). Records and splits:"
+                f" `benchmarks/tables/{name}/records`; plot:"
+                f" `benchmarks/tables/{name}/mae_vs_n.png`.",
                 "",
                 (out / "table.md").read_text(),
             ]

@@ -13,7 +13,8 @@
   a Gaussian temperature).
 
 Coverage target: 93-97% of test counts inside the 95% intervals. Results resume
-(``benchmarks/runs/uncertainty``). Writes the ``uncertainty`` section of benchmarks/RESULTS.md.
+(``benchmarks/uncertainty``, committed; fpn_vgg11's training run in its ``runs/``, not).
+Writes the ``uncertainty`` section of benchmarks/RESULTS.md.
 
     python benchmarks/uncertainty.py [--part fpn|vgg|mbm]
 """
@@ -35,10 +36,10 @@ from celltally.data import default_data_root, load_dataset
 from celltally.data.synth import preset, synth_samples
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train, with_variance_head
-from celltally.uncertainty import model_scores, reliability
+from celltally.uncertainty import calibrate, reliability
 from results import write_section
 
-RUNS = Path("benchmarks/runs/uncertainty")
+OUT = Path(__file__).with_name("uncertainty")
 LEVEL = 0.95
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 TABLES = {
@@ -49,8 +50,8 @@ TABLES = {
 FPN_SETTINGS = {"arch": "fpn_vgg11", "in_channels": 3, "finetune_epochs": 6}
 # Where the published-table benchmarks keep their trained models, per method.
 TRAINED = {
-    "fcrn_a": Path("benchmarks/runs/tables"),
-    "countception": Path("benchmarks/runs/countception"),
+    "fcrn_a": Path(__file__).with_name("tables"),
+    "countception": Path(__file__).with_name("countception"),
 }
 
 
@@ -76,7 +77,7 @@ def interval_result(model, samples: list) -> dict:
 
 
 def run_fpn(args) -> None:
-    path = RUNS / "fpn_bbbc005.json"
+    path = OUT / "fpn_bbbc005.json"
     if path.exists():
         return
     sizes = (args.n_train, args.n_val, args.n_test, args.n_calib)
@@ -85,7 +86,9 @@ def run_fpn(args) -> None:
     train_set, val_set, test_set, calibration_set = (
         samples[start:end] for start, end in itertools.pairwise(starts)
     )
-    model = train(TrainConfig.from_dict(FPN_SETTINGS), train_set, val_set, RUNS / "fpn_bbbc005")
+    model = train(
+        TrainConfig.from_dict(FPN_SETTINGS), train_set, val_set, OUT / "runs" / "fpn_bbbc005"
+    )
     calibrate(model, calibration_set)
     result = {
         **interval_result(model, test_set),
@@ -103,10 +106,13 @@ def run_table(name: str) -> None:
         for record in load_records(trained / table["data"]):
             if record["method"] != method or record["n"] != table["n"]:
                 continue
-            path = RUNS / table["data"] / f"intervals_{method}_seed{record['seed']}.json"
+            path = OUT / table["data"] / f"intervals_{method}_seed{record['seed']}.json"
             if path.exists():
                 continue
             run = trained / table["data"] / "runs" / f"{method}_n{table['n']}_seed{record['seed']}"
+            if not (run / "model").is_dir():
+                print(f"skipped: {run} (the trained model is not on this machine; rerun its table)")
+                continue
             part = {k: [samples[name] for name in names] for k, names in record["split"].items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(calibrated_result(load_model(run), part), indent=2))
@@ -120,16 +126,6 @@ def calibrated_result(model, split: dict[str, list]) -> dict:
     calibrate(model, split["val"])
     fit_s = time.perf_counter() - started
     return {**interval_result(model, split["test"]), "fit_and_calibration_s": fit_s}
-
-
-def calibrate(model, samples) -> None:
-    """Set the model's conformal scores from annotated ``samples`` it was not trained on."""
-    outputs, truth = [], []
-    for sample in samples:
-        image, dots = sample.load()
-        outputs.append(model.predict_output(image))
-        truth.append(len(dots))
-    model.config.conformal_scores = model_scores(model, outputs, truth)
 
 
 def fpn_line(r: dict) -> str:
@@ -179,12 +175,12 @@ def report() -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     results = []
-    if (RUNS / "fpn_bbbc005.json").exists():
+    if (OUT / "fpn_bbbc005.json").exists():
         results.append(
-            ("fpn_vgg11", "synthetic bbbc005", json.loads((RUNS / "fpn_bbbc005.json").read_text()))
+            ("fpn_vgg11", "synthetic bbbc005", json.loads((OUT / "fpn_bbbc005.json").read_text()))
         )
     for table in TABLES.values():
-        for path in sorted((RUNS / table["data"]).glob("intervals_*_seed*.json")):
+        for path in sorted((OUT / table["data"]).glob("intervals_*_seed*.json")):
             method, draw = path.stem.removeprefix("intervals_").rsplit("_seed", 1)
             label = f"{table['data']} N = {table['n']}, draw {draw}"
             results.append(
@@ -199,8 +195,8 @@ def report() -> str:
             f" / {100 * rel['0.9']:.0f}% | {r['calibration_images']} |"
         )
     lines += ["", *pooled_coverage(results)]
-    if (RUNS / "fpn_bbbc005.json").exists():
-        lines.append(fpn_line(json.loads((RUNS / "fpn_bbbc005.json").read_text())))
+    if (OUT / "fpn_bbbc005.json").exists():
+        lines.append(fpn_line(json.loads((OUT / "fpn_bbbc005.json").read_text())))
     return "\n".join(lines)
 
 
@@ -216,7 +212,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    RUNS.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     for part in args.part or ["vgg", "mbm", "fpn"]:
         run_fpn(args) if part == "fpn" else run_table(part)
         text = report()

@@ -52,9 +52,9 @@ from celltally.uncertainty import (
     DEFAULT_LEVEL,
     check_intervals,
     min_calibration_images,
-    model_scores,
     reliability,
 )
+from celltally.uncertainty import calibrate as calibrate_intervals
 from celltally.viz import (
     RELIABILITY_LEVELS,
     save_inversions,
@@ -408,15 +408,14 @@ def calibrate(
             )
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
-        outputs, truth = [], []
-        for sample in track(samples, description="calibrating", console=errors, transient=True):
-            image, points = sample.load()
-            outputs.append(counter.predict_output(image, source=str(sample.image_path)))
-            truth.append(len(points))
+        calibrate_intervals(
+            counter,
+            samples,
+            lambda s: track(s, description="calibrating", console=errors, transient=True),
+        )
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    counter.config.conformal_scores = model_scores(counter, outputs, truth)
     counter.config.training["calibration"] = {"data": str(root), "images": len(samples)}
     save_model(counter, out)
     levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(samples)]

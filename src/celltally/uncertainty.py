@@ -24,7 +24,7 @@ narrower interval than a lower, conformal one (``score_quantile``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +116,21 @@ def model_scores(model, outputs: Sequence[np.ndarray], true_counts: Sequence[flo
     counts = [model.count_from_map(output[0]) for output in outputs]
     sigmas = [model.count_sigma(output[1]) for output in outputs]
     return calibration_scores(counts, sigmas, true_counts)
+
+
+def calibrate(
+    model, samples: Iterable, progress: Callable[[Iterable], Iterable] = iter
+) -> list[float]:
+    """Set (and return) ``model``'s conformal scores from annotated ``samples`` (``Sample``s:
+    ``load()`` gives the image and its points) that it was not trained on. ``progress`` wraps
+    the samples, e.g. in a progress bar."""
+    outputs, truth = [], []
+    for sample in progress(samples):
+        image, points = sample.load()
+        outputs.append(model.predict_output(image, source=str(sample.image_path)))
+        truth.append(len(points))
+    model.config.conformal_scores = model_scores(model, outputs, truth)
+    return model.config.conformal_scores
 
 
 def interval(count: float, sigma: float, scores: Sequence[float], level: float) -> CountInterval:
