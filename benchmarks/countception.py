@@ -27,9 +27,9 @@ from celltally import load_model
 from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
 from celltally.data import default_data_root, load_dataset, protocol_split
 from celltally.data.images import to_channels
-from results import write_section
+from results import COUNTCEPTION_OUT, write_section
 
-OUT = Path(__file__).with_name("countception")
+OUT = COUNTCEPTION_OUT
 DRAWS = 3
 STRIDES = (1, 8, 16, 32)
 PARTS = {

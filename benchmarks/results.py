@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+# Committed result folders (records, tables); trained networks go in git-ignored runs/ inside.
+TABLES_OUT = Path(__file__).with_name("tables")
+COUNTCEPTION_OUT = Path(__file__).with_name("countception")
 
 
 def write_section(key: str, text: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from celltally.benchmark import BenchmarkConfig, run_benchmark, write_reports
-from results import write_section
+from results import TABLES_OUT, write_section
 
 METHODS = ("mean", "segmentation", "fcrn_a", "fcrn_b")
 # The recipes measured for VGG cells N = 32 (see the fcrn_* sections): about 16 and 18 minutes
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(TABLES), action="append")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help="a subset, comma-separated")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("tables"))
+    parser.add_argument("--out", type=Path, default=TABLES_OUT)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="train nothing; write the tables")
     args = parser.parse_args()

@@ -37,7 +37,7 @@ from celltally.data.synth import preset, synth_samples
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train, with_variance_head
 from celltally.uncertainty import calibrate, reliability
-from results import write_section
+from results import COUNTCEPTION_OUT, TABLES_OUT, write_section
 
 OUT = Path(__file__).with_name("uncertainty")
 LEVEL = 0.95
@@ -50,8 +50,8 @@ TABLES = {
 FPN_SETTINGS = {"arch": "fpn_vgg11", "in_channels": 3, "finetune_epochs": 6}
 # Where the published-table benchmarks keep their trained models, per method.
 TRAINED = {
-    "fcrn_a": Path(__file__).with_name("tables"),
-    "countception": Path(__file__).with_name("countception"),
+    "fcrn_a": TABLES_OUT,
+    "countception": COUNTCEPTION_OUT,
 }
 
 
