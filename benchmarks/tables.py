@@ -7,6 +7,7 @@ rewrite the tables (``--report``) and resume; the trained networks (``runs/`` th
 
     python benchmarks/tables.py                 # every table
     python benchmarks/tables.py --only mbm      # one of: vgg_cells, mbm, adipocyte
+    python benchmarks/tables.py --only vgg_cells --n 32   # the draws of one N first
     python benchmarks/tables.py --report        # the sections from the finished draws only
 """
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(TABLES), action="append")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help="a subset, comma-separated")
+    parser.add_argument("--n", type=int, action="append", help="train these N only (default: all)")
     parser.add_argument("--out", type=Path, default=TABLES_OUT)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="train nothing; write the tables")
@@ -52,8 +54,9 @@ def main() -> None:
         table = TABLES[name]
         methods = tuple(args.methods.split(","))
         config = BenchmarkConfig(
-            data=name, methods=methods, draws=args.draws, settings=SETTINGS, **table
-        )
+            data=name, methods=methods, draws=args.draws, settings=SETTINGS,
+            protocol=table["protocol"], n=tuple(args.n or table["n"]),
+        )  # fmt: skip
         out = args.out / name
         if args.report:
             write_reports(out, name)

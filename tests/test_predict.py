@@ -4,8 +4,10 @@ import torch
 
 from celltally import create_model, load_model, save_model
 from celltally.errors import InputError
+from celltally.metrics import detection_metrics
 from celltally.models import bundled_models, model_hash
-from celltally.predict import DIHEDRAL, moved, to_image_frame
+from celltally.predict import DIHEDRAL, choose_peak_threshold, moved, to_image_frame
+from celltally.targets import density_map
 
 
 @pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b", "countception"])
@@ -70,3 +72,18 @@ def test_tta_counts_the_mean_of_the_moved_images_counts(name, rng):
     assert model.count(image) == pytest.approx(np.mean(counts), rel=1e-4)
     grow = 2 * model.pad - model.shrink
     assert model.predict_map(image).shape == (61 + grow, 83 + grow)
+
+
+def test_peak_threshold_rises_above_a_background_of_ripples_that_outnumber_the_cells(rng):
+    """Faint background maxima, ~50 per cell: the chosen threshold must keep the cells only."""
+    model = create_model("fcrn_a")
+    cells = [rng.uniform(10, 290, (20, 2)) for _ in range(3)]
+    maps = [
+        density_map(points, (300, 300), 2.0, 100.0) + rng.uniform(0, 0.2, (300, 300))
+        for points in cells
+    ]
+    ripples = sum(len(model.local_maxima(m, 0.0)) for m in maps) - 60
+    assert ripples > 40 * 60  # the regime where quantiles of the peak values stay in the noise
+    threshold = choose_peak_threshold(model, maps, cells, radius=3.0)
+    found = [model.local_maxima(m, threshold) for m in maps]
+    assert detection_metrics(found, cells, 3.0)["f1"] > 0.95

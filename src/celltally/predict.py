@@ -105,22 +105,31 @@ def choose_peak_threshold(
 ) -> float:
     """The peak threshold with the best detection F1 over validation images' output ``maps``.
 
-    Candidates are quantiles of the local-maximum values found with no threshold.
+    The peaks above a threshold are the unthresholded peaks whose value exceeds it (a lower
+    peak is suppressed only by a higher one), so the peaks are found once and filtered per
+    candidate. Candidates are quantiles of the peak values and evenly spaced values up to the
+    highest: on a large image the faint ripples of the background can outnumber the cells many
+    times, and quantiles alone then never reach the cells' height.
     """
-    centre_maps = [model.centre_map(m) for m in maps]
-    candidates = np.concatenate(
-        [m[tuple(model.local_maxima(m, 0.0).astype(int).T)] for m in centre_maps]
-    )
-    if candidates.size == 0:
+    peaks, values = [], []
+    for output in maps:
+        centre_map = model.centre_map(output)
+        found = model.local_maxima(centre_map, 0.0)
+        peaks.append(found)
+        values.append(centre_map[tuple(found.astype(int).T)])
+    every_value = np.concatenate(values)
+    if every_value.size == 0:
         return model.config.peak_threshold
+    grid = np.linspace(0.0, 1.0, 100, endpoint=False)
+    candidates = np.unique(
+        np.concatenate([np.quantile(every_value, grid), grid * every_value.max()])
+    )
+    n_true = sum(len(t) for t in true_points)
     best_f1, best = -1.0, model.config.peak_threshold
-    for threshold in np.unique(np.quantile(candidates, np.linspace(0.0, 0.95, 40))):
-        tp = n_pred = n_true = 0
-        for centre_map, truth in zip(centre_maps, true_points, strict=True):
-            found = model.local_maxima(centre_map, float(threshold))
-            tp += match_points(found, truth, radius)
-            n_pred, n_true = n_pred + len(found), n_true + len(truth)
-        f1 = 2 * tp / max(n_pred + n_true, 1)
+    for threshold in candidates:
+        kept = [p[v > threshold] for p, v in zip(peaks, values, strict=True)]
+        tp = sum(match_points(k, t, radius) for k, t in zip(kept, true_points, strict=True))
+        f1 = 2 * tp / max(sum(len(k) for k in kept) + n_true, 1)
         if f1 > best_f1:
             best_f1, best = f1, float(threshold)
     return best
