@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from celltally.data.images import read_pages
-from celltally.metrics import count_metrics, detection_metrics, match_points
+from celltally.metrics import count_metrics, detection_metrics
 from celltally.uncertainty import CountInterval
 
 if TYPE_CHECKING:
@@ -124,12 +124,10 @@ def choose_peak_threshold(
     candidates = np.unique(
         np.concatenate([np.quantile(every_value, grid), grid * every_value.max()])
     )
-    n_true = sum(len(t) for t in true_points)
     best_f1, best = -1.0, model.config.peak_threshold
     for threshold in candidates:
         kept = [p[v > threshold] for p, v in zip(peaks, values, strict=True)]
-        tp = sum(match_points(k, t, radius) for k, t in zip(kept, true_points, strict=True))
-        f1 = 2 * tp / max(sum(len(k) for k in kept) + n_true, 1)
+        f1 = detection_metrics(kept, true_points, radius)["f1"]
         if f1 > best_f1:
             best_f1, best = f1, float(threshold)
     return best
