@@ -9,7 +9,13 @@ from tests.conftest import data_set
 from typer.testing import CliRunner
 
 from celltally.baselines import MeanCount, SegmentationCounter, SegmentationSettings
-from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
+from celltally.benchmark import (
+    BenchmarkConfig,
+    load_records,
+    markdown_table,
+    run_benchmark,
+    summarise,
+)
 from celltally.cli import app
 from celltally.data import load_dataset
 from celltally.data.datasets import Sample
@@ -130,17 +136,23 @@ class _Inverted:
 
 
 def test_summary_by_hand():
-    def record(method, n, seed, mae):
+    def record(method, n, seed, mae, epochs):
         count = {"mae": mae, "rmse": mae, "mre": 0.1}
         return {
             "method": method, "n": n, "seed": seed, "count": count, "detection": None,
-            "train_time_s": 1.0, "inference_images_per_s": 10.0,
+            "train_time_s": 1.0, "inference_images_per_s": 10.0, "epochs_run": epochs,
         }  # fmt: skip
 
-    summary = summarise([record("a", 8, 0, 2.0), record("a", 8, 1, 4.0), record("b", 8, 0, 5.0)])
+    unrecorded = record("c", 8, 0, 1.0, None)
+    del unrecorded["epochs_run"]  # records written before the field existed
+    records = [record("a", 8, 0, 2.0, 5), record("a", 8, 1, 4.0, 7), record("b", 8, 0, 5.0, None)]
+    summary = summarise([*records, unrecorded])
     a = summary[summary["method"] == "a"].iloc[0]
     assert (a["mae"], a["draws"]) == (3.0, 2) and a["mae_std"] == pytest.approx(np.sqrt(2))
     assert np.isnan(a["f1"])
+    rows = {line.split(" | ")[0]: line for line in markdown_table(summary, "x", "y").splitlines()}
+    assert " | 5-7 | " in rows["| a"]  # a time budget that stopped one draw early shows
+    assert " | — | " in rows["| b"] and " | — | " in rows["| c"]
 
 
 @pytest.fixture(scope="module")

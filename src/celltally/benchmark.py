@@ -153,11 +153,13 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
     if method in BASELINES:
         model = create_baseline(method).fit(split.train, config.radius)
         train_time, settings = time.perf_counter() - started, model.settings()
+        epochs_run = None
     else:
         train_config = config.train_config(method, fmt, seed)
         run = out / "runs" / f"{method}_n{n}_seed{seed}"
         model = train(train_config, split.train, split.val, run, split.record(str(root), fmt, seed))
         train_time, settings = model.config.training["train_time_s"], asdict(train_config)
+        epochs_run = model.config.training["epochs_run"]  # fewer than asked: time_budget spent
     metrics = evaluate(model, split.test, config.radius)
     return {
         "dataset": fmt,
@@ -171,6 +173,7 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         "count": metrics["count"],
         "detection": metrics["detection"],
         "train_time_s": train_time,
+        "epochs_run": epochs_run,
         "inference_images_per_s": metrics["images_per_s"],
         "images": metrics["images"],
         "versions": versions(),
@@ -199,6 +202,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "precision": detection.get("precision", np.nan),
                 "recall": detection.get("recall", np.nan),
                 "train_time_s": r["train_time_s"],
+                "epochs": np.nan if r.get("epochs_run") is None else r["epochs_run"],
                 "images_per_s": r["inference_images_per_s"],
             }
         )
@@ -207,6 +211,7 @@ def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows).groupby(["method", "n"], sort=False)
     summary = table.mean(numeric_only=True).drop(columns="seed")
     summary["mae_std"] = table["mae"].std(ddof=1).fillna(0.0)
+    summary["epochs_min"], summary["epochs_max"] = table["epochs"].min(), table["epochs"].max()
     summary["draws"] = table.size()
     return summary.reset_index().sort_values(["method", "n"], ignore_index=True)
 
@@ -253,8 +258,8 @@ def markdown_table(summary: pd.DataFrame, fmt: str, protocol: str) -> str:
         "(draws in brackets.) Details, means over draws (detection at the stated radius):",
         "",
         "| method | N | draws | MAE | RMSE | rel. error | precision | recall | F1 | train time"
-        " | inference |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " | epochs | inference |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary.itertuples():
         detection = (
@@ -263,9 +268,16 @@ def markdown_table(summary: pd.DataFrame, fmt: str, protocol: str) -> str:
         lines.append(
             f"| {r.method} | {r.n} | {r.draws} | {r.mae:.2f} ± {r.mae_std:.2f} | {r.rmse:.2f}"
             f" | {100 * r.mre:.1f}% | {detection} | {_duration(r.train_time_s)}"
-            f" | {r.images_per_s:,.1f} img/s |"
+            f" | {_epochs(r.epochs_min, r.epochs_max)} | {r.images_per_s:,.1f} img/s |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _epochs(fewest: float, most: float) -> str:
+    """Epochs trained over the draws: "7", "5-7", or "—" (a baseline, or not recorded)."""
+    if np.isnan(fewest):
+        return "—"
+    return f"{fewest:.0f}" if fewest == most else f"{fewest:.0f}-{most:.0f}"
 
 
 def _duration(seconds: float) -> str:
