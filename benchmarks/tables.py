@@ -33,9 +33,9 @@ SETTINGS = {
 # What a table's figures need beside them (measured, with the date), shown under its command.
 NOTES = {
     "mbm": "fcrn_b was rerun on 2026-12-02 for the peak-threshold choice of that day (detection"
-    " F1 0.401 before, 0.842 now). On this machine an MBM epoch of FCRN-B takes about 230 s"
+    " F1 0.401 before, 0.842 now). On the machine of that day an MBM epoch of FCRN-B took 230 s"
     " (on the machine of 2026-12-01, with the same code and versions, 107 s: 7 epochs in"
-    " 748 s; forward passes on 600x600 images are 2-2.5x slower here, on VGG's 256x256 about"
+    " 748 s; forward passes on 600x600 images were 2-2.5x slower there, on VGG's 256x256 about"
     " 1.15x), so its 1150 s `time_budget` stopped draw 0 after 5 of the 7 epochs (validation"
     " MAE 15.3, 14.1, 9.8, 10.2, 8.9, from its log; draws 1-2 were not logged) and the MAE"
     " rose from 8.17 +- 1.84 (7 epochs) to 10.95 +- 3.09. Records written from 2026-12-04 on"

@@ -31,6 +31,20 @@ def _parts(split) -> list[set[str]]:
     return [set(names) for names in split.names().values()]
 
 
+def test_lempitsky_split_draws_from_001_100_and_tests_on_101_200():
+    samples = load_dataset(data_set("vgg_cells"), "vgg_cells")
+    first = protocol_split(samples, "vgg_cells", 32, 32, 2)
+    assert first.protocol == "lempitsky"  # the default for VGG cells
+    assert first.names() == protocol_split(samples, "vgg_cells", 32, 32, 2).names()
+    assert first.names() != protocol_split(samples, "vgg_cells", 32, 32, 3).names()
+    train, val, test = _parts(first)
+    assert (len(train), len(val)) == (32, 32) and not train & val
+    assert max(train | val) <= "100"
+    assert test == {f"{i:03d}" for i in range(101, 201)}
+    with pytest.raises(InputError, match=r"needs 102 images \(train \+ validation, from the pool"):
+        protocol_split(samples, "vgg_cells", 51, 51, 0)
+
+
 def test_countception_split_is_reproducible_disjoint_with_a_fixed_test_set():
     samples = load_dataset(data_set("vgg_cells"), "vgg_cells")
     first = protocol_split(samples, "vgg_cells", 8, 8, 3, "countception")

@@ -75,7 +75,7 @@ def protocol_split(
                 f" 101-200), not {fmt}; use --protocol countception or a split file"
             )
         pool, test = samples[:VGG_POOL_SIZE], samples[VGG_POOL_SIZE:]
-        _check_size(n_train + n_val, len(pool))
+        _check_size(n_train + n_val, len(pool), "train + validation, from the pool 001-100")
         drawn = _shuffled(pool, seed)
         return Split(drawn[:n_train], drawn[n_train : n_train + n_val], test, protocol)
     if protocol != "countception":
@@ -83,7 +83,7 @@ def protocol_split(
     if test_size is None:
         rest = max(len(samples) - n_train - n_val, 0)
         test_size = min(rest, TEST_SIZE.get(fmt, rest))
-    _check_size(n_train + n_val + test_size, len(samples))
+    _check_size(n_train + n_val + test_size, len(samples), "train + validation + test")
     shuffled = _shuffled(samples, seed)
     test = shuffled[len(shuffled) - test_size :] if test_size else []
     return Split(shuffled[:n_train], shuffled[n_train : n_train + n_val], test, protocol)
@@ -110,11 +110,12 @@ def split_from_file(samples: list[Sample], path: str | Path) -> Split:
     return Split(*parts, protocol="file")
 
 
-def _check_size(needed: int, available: int) -> None:
+def _check_size(needed: int, available: int, parts: str) -> None:
     if needed > available:
         raise InputError(
             None,
-            f"the split needs {needed} images (train + validation + test), the set has {available}",
+            f"the split needs {needed} images ({parts}), there are {available};"
+            " ask for a smaller N",
         )
 
 
