@@ -205,6 +205,7 @@ def test_cli_benchmark_trains_a_network_and_reports(small_set, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "records" / "fcrn_a_n2_seed0.json").read_text())
     assert record["detection"]["f1"] >= 0 and record["settings"]["epochs"] == 1
+    assert [row["epoch"] for row in record["history"]] == [0] and record["epochs_run"] == 1
     assert (tmp_path / "runs" / "fcrn_a_n2_seed0" / "model" / "config.json").exists()
     assert "fcrn_a" in result.output and "table.md" in result.output
 

@@ -153,13 +153,14 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
     if method in BASELINES:
         model = create_baseline(method).fit(split.train, config.radius)
         train_time, settings = time.perf_counter() - started, model.settings()
-        epochs_run = None
+        epochs_run, history = None, None
     else:
         train_config = config.train_config(method, fmt, seed)
         run = out / "runs" / f"{method}_n{n}_seed{seed}"
         model = train(train_config, split.train, split.val, run, split.record(str(root), fmt, seed))
         train_time, settings = model.config.training["train_time_s"], asdict(train_config)
         epochs_run = model.config.training["epochs_run"]  # fewer than asked: time_budget spent
+        history = pd.read_csv(run / "history.csv").to_dict("records")  # validation MAE per epoch
     metrics = evaluate(model, split.test, config.radius)
     return {
         "dataset": fmt,
@@ -174,6 +175,7 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         "detection": metrics["detection"],
         "train_time_s": train_time,
         "epochs_run": epochs_run,
+        "history": history,
         "inference_images_per_s": metrics["images_per_s"],
         "images": metrics["images"],
         "versions": versions(),
