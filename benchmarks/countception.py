@@ -88,15 +88,14 @@ def run_batchnorm_variants() -> None:
         out = OUT / f"vgg_cells_{_slug(name)}"
         if (out / "diverged.txt").exists():
             continue
+        short = {"epochs": RECIPE_EPOCHS, "lr_step": RECIPE_EPOCHS, "finetune_epochs": 0}
         config = BenchmarkConfig(
             data="vgg_cells",
             protocol="lempitsky",
             n=(32,),
             draws=1,
             methods=("countception",),
-            settings=settings
-            | {"epochs": RECIPE_EPOCHS, "lr_step": RECIPE_EPOCHS}
-            | {"finetune_epochs": 0},
+            settings=settings | short,
         )
         try:
             run_benchmark(config, out, on_record=_print)
