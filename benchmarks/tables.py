@@ -39,7 +39,10 @@ NOTES = {
     " 1.15x), so its 1150 s `time_budget` stopped draw 0 after 5 of the 7 epochs (validation"
     " MAE 15.3, 14.1, 9.8, 10.2, 8.9, from its log; draws 1-2 were not logged) and the MAE"
     " rose from 8.17 +- 1.84 (7 epochs) to 10.95 +- 3.09. Records written from 2026-12-04 on"
-    " keep the epochs trained (`epochs` column).",
+    " keep the epochs trained (`epochs` column). fcrn_a draw 0 was rerun on 2026-12-04 to get"
+    " its model back for the interval benchmark: MAE 8.62 (8.81 on 2026-12-02, 8.62 on"
+    " 2026-12-01) in 22.6 min (10-12 min before): the machine of 2026-12-04 was as slow on"
+    " 600x600 images as that of 2026-12-02, and the training time is a mean over both.",
 }
 TABLES = {
     "vgg_cells": {"protocol": "lempitsky", "n": (8, 16, 32, 50)},
