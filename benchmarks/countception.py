@@ -37,11 +37,11 @@ OUT = COUNTCEPTION_OUT
 DRAWS = 3
 STRIDES = (1, 8, 16, 32)
 RECIPE_EPOCHS = 3
-RECIPE_VARIANTS = {  # name: settings on top of the recipe
-    "frozen, lr 3e-4 (the recipe)": {"frozen_bn": True, "lr": 3e-4},
-    "frozen, lr 5e-3 (the paper's)": {"frozen_bn": True, "lr": 5e-3},
-    "batch statistics, lr 3e-4": {"frozen_bn": False, "lr": 3e-4},
-    "batch statistics, lr 5e-3": {"frozen_bn": False, "lr": 5e-3},
+RECIPE_VARIANTS = {  # folder: (label, settings on top of the recipe)
+    "frozen_lr_3e4": ("frozen, lr 3e-4 (the recipe)", {"frozen_bn": True, "lr": 3e-4}),
+    "frozen_lr_5e3": ("frozen, lr 5e-3 (the paper's)", {"frozen_bn": True, "lr": 5e-3}),
+    "batch_statistics_lr_3e4": ("batch statistics, lr 3e-4", {"frozen_bn": False, "lr": 3e-4}),
+    "batch_statistics_lr_5e3": ("batch statistics, lr 5e-3", {"frozen_bn": False, "lr": 5e-3}),
 }
 PARTS = {
     "vgg": {"data": "vgg_cells", "protocol": "lempitsky", "n": 32},
@@ -65,15 +65,7 @@ def run_strides() -> None:
     """Train (draw 0) with each stride > 1; then read every draw's stride-1 model at each
     stride."""
     for stride in STRIDES[1:]:
-        config = BenchmarkConfig(
-            data="vgg_cells",
-            protocol="lempitsky",
-            n=(32,),
-            draws=1,
-            methods=("countception",),
-            settings={"window_stride": stride},
-        )
-        run_benchmark(config, OUT / f"vgg_cells_stride{stride}", on_record=_print)
+        train_vgg_draw0({"window_stride": stride}, OUT / f"vgg_cells_stride{stride}")
     for seed in range(DRAWS):
         path = OUT / f"vgg_cells_test_strides_seed{seed}.json"
         model_dir = OUT / "vgg_cells" / "runs" / f"countception_n32_seed{seed}" / "model"
@@ -84,30 +76,31 @@ def run_strides() -> None:
 def run_batchnorm_variants() -> None:
     """Each variant trains draw 0 for ``RECIPE_EPOCHS`` epochs; a run that diverges is recorded
     as such (``diverged.txt``) instead of stopping the others."""
-    for name, settings in RECIPE_VARIANTS.items():
-        out = OUT / f"vgg_cells_{_slug(name)}"
+    short = {"epochs": RECIPE_EPOCHS, "lr_step": RECIPE_EPOCHS, "finetune_epochs": 0}
+    for folder, (label, settings) in RECIPE_VARIANTS.items():
+        out = OUT / f"vgg_cells_{folder}"
         if (out / "diverged.txt").exists():
             continue
-        short = {"epochs": RECIPE_EPOCHS, "lr_step": RECIPE_EPOCHS, "finetune_epochs": 0}
-        config = BenchmarkConfig(
-            data="vgg_cells",
-            protocol="lempitsky",
-            n=(32,),
-            draws=1,
-            methods=("countception",),
-            settings=settings | short,
-        )
         try:
-            run_benchmark(config, out, on_record=_print)
+            train_vgg_draw0(settings | short, out)
         except ValueError as error:
             if "diverged" not in str(error):
                 raise
             (out / "diverged.txt").write_text(str(error).split(";")[0])  # "training diverged.."
-            print(f"{name}: {error}", flush=True)
+            print(f"{label}: {error}", flush=True)
 
 
-def _slug(name: str) -> str:
-    return name.split(" (")[0].replace(",", "").replace(" ", "_").replace("-", "")
+def train_vgg_draw0(settings: dict, out: Path) -> None:
+    """Count-ception with ``settings`` on top of its recipe, VGG cells N = 32, draw 0."""
+    config = BenchmarkConfig(
+        data="vgg_cells",
+        protocol="lempitsky",
+        n=(32,),
+        draws=1,
+        methods=("countception",),
+        settings=settings,
+    )
+    run_benchmark(config, out, on_record=_print)
 
 
 @torch.no_grad()
@@ -191,18 +184,18 @@ def stride_table() -> list[str]:
 
 def batchnorm_table() -> list[str]:
     rows = []
-    for name in RECIPE_VARIANTS:
-        out = OUT / f"vgg_cells_{_slug(name)}"
+    for folder, (label, _) in RECIPE_VARIANTS.items():
+        out = OUT / f"vgg_cells_{folder}"
         records = load_records(out)
         if records:
             record = records[0]
             curve = ", ".join(f"{row['val_mae']:.1f}" for row in record["history"])
             rows.append(
-                f"| {name} | {curve} | {record['count']['mae']:.2f}"
+                f"| {label} | {curve} | {record['count']['mae']:.2f}"
                 f" | {record['train_time_s'] / 60:.0f} min |"
             )
         elif (out / "diverged.txt").exists():
-            rows.append(f"| {name} | {(out / 'diverged.txt').read_text()} | — | — |")
+            rows.append(f"| {label} | {(out / 'diverged.txt').read_text()} | — | — |")
     if not rows:
         return []
     return [
@@ -235,7 +228,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runners = {"stride": run_strides, "batchnorm": run_batchnorm_variants}
-    for part in [] if args.report else args.part or [*PARTS, *runners]:
+    parts = [] if args.report else args.part or [*PARTS, *runners]
+    for part in parts:
         runners[part]() if part in runners else run_part(part)
     text = report()
     write_section("countception", text)
