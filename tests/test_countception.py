@@ -115,9 +115,13 @@ def test_frozen_batch_norm_keeps_its_initial_statistics():
 def test_short_training_lowers_the_validation_error(tmp_path):
     crowded = preset("nuclei", height=64, width=64, density=30.0, overlap=0.0, cluster_prob=0.0)
     samples = synth_samples(crowded, 6, seed=0)
+    recipe = TrainConfig.from_dict({"arch": "countception"})
+    assert (recipe.loss, recipe.lr, recipe.batch_size) == ("l1", 5e-3, 4)  # the paper's
+    # Batch statistics at 5e-3 ended better over the whole recipe but start slowest
+    # (benchmarks/RESULTS.md, "BatchNorm and learning rate"); frozen at 3e-4 learns in 20 steps.
     settings = {"patch_size": 64, "steps_per_epoch": 10, "epochs": 2, "finetune_epochs": 0}
+    settings |= {"frozen_bn": True, "lr": 3e-4}
     config = TrainConfig.from_dict({"arch": "countception", "bf16": False, **settings})
-    assert (config.loss, config.batch_size, config.frozen_bn) == ("l1", 4, True)  # the paper's
     torch.manual_seed(config.seed)
     untrained = create_model("countception")
     start = np.mean([abs(untrained.count(s.load()[0]) - len(s.load()[1])) for s in samples[4:]])

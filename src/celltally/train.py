@@ -4,8 +4,8 @@ The FCRN recipe follows Xie et al. (2016): random 100x100 patches, each normalis
 and std, flips and 90-degree rotations, MSE to the x100 density, SGD with momentum 0.9 and weight
 decay 5e-4, the learning rate cut by ``lr_gamma`` every ``lr_step`` epochs; then fine-tuning on
 whole images. Count-ception's (Cohen et al. 2017) differs where its ``recipe`` says: L1 to the
-window count map, Adam at 3e-4, batches of 4. The count MAE on the validation images is measured
-after every epoch and the best model kept.
+window count map, Adam at 5e-3, batches of 4, BatchNorm's batch statistics. The count MAE on the
+validation images is measured after every epoch and the best model kept.
 
 A run folder holds ``model/`` (the best checkpoint, loadable by ``load_model``), ``last/`` (the
 latest epoch with optimiser and random state, from which an interrupted run resumes),
@@ -62,8 +62,8 @@ class TrainConfig:
     same time here; the paper's networks have no BatchNorm, and without it SGD at 1e-2 diverges
     (use ``lr=1e-3`` with ``batch_norm=False``). An architecture's ``recipe`` replaces some of
     these defaults when the config is built with ``from_dict`` (Count-ception: L1 loss, Adam at
-    3e-4, batches of 4 128x128 patches, 20 + 2 epochs, no weight decay, whole-image
-    normalisation, frozen BatchNorm).
+    5e-3, batches of 4 128x128 patches, 20 + 2 epochs, no weight decay, whole-image
+    normalisation).
 
     Attributes:
         arch: registry name of the model (``fcrn_a``, ``fcrn_b``, ``countception``).
