@@ -5,10 +5,10 @@
 - ``mbm``: MBM, Count-ception protocol, N = 15 (+ 15), 3 draws (paper: 8.8 +- 2.3).
 - ``stride``: the paper's Table 3 on VGG cells N = 32, draw 0: the window stride s used in
   training and testing, or only in testing (the s = 1 models of ``vgg``, every draw).
-- ``batchnorm``: frozen BatchNorm (the original's) against batch statistics, at the recipe's and
-  the paper's learning rates, on VGG cells N = 32, draw 0, with the same short budget
-  (``RECIPE_EPOCHS`` epochs of patches): which learns faster per step; then the whole recipe
-  with the settings of ``FULL_RIVAL``, against draw 0 of ``vgg`` (the recipe's own settings).
+- ``batchnorm``: frozen BatchNorm (the original's) against batch statistics (the recipe's), at
+  3e-4 and at the paper's (and recipe's) 5e-3, on VGG cells N = 32, draw 0, with the same short
+  budget (``RECIPE_EPOCHS`` epochs of patches): which learns faster per step; then the whole
+  recipe with the settings of ``FULL_RIVAL``, against draw 0 of ``vgg`` (the recipe's own).
 
 Records resume (``benchmarks/countception``, committed; the training runs in its ``runs/``
 folders are not). Writes the ``countception`` section of benchmarks/RESULTS.md from whatever is
