@@ -167,12 +167,12 @@ def accuracy_table() -> list[str]:
 
 
 def stride_table() -> list[str]:
-    trained = {1: load_records(OUT / "vgg_cells")}
-    trained |= {s: load_records(OUT / f"vgg_cells_stride{s}") for s in STRIDES[1:]}
+    trained = {1: _draw0(OUT / "vgg_cells")}
+    trained |= {s: _draw0(OUT / f"vgg_cells_stride{s}") for s in STRIDES[1:]}
     tested = [
         json.loads(p.read_text()) for p in sorted(OUT.glob("vgg_cells_test_strides_seed*.json"))
     ]
-    if not tested and not trained[1]:
+    if not tested and trained[1] is None:
         return []
     lines = [
         "Stride table (paper Table 3), VGG cells N = 32, test MAE: trained and tested with"
@@ -183,8 +183,7 @@ def stride_table() -> list[str]:
         "| --- | --- | --- | --- |",
     ]
     for stride in STRIDES:
-        draw0 = [r for r in trained[stride] if r["seed"] == 0]
-        both = f"{draw0[0]['count']['mae']:.2f}" if draw0 else "—"
+        both = f"{trained[stride]['count']['mae']:.2f}" if trained[stride] else "—"
         only = f"{np.mean([t[str(stride)] for t in tested]):.2f}" if tested else "—"
         lines.append(f"| {stride} | {(32 // stride) ** 2} | {both} | {only} |")
     return lines
@@ -194,12 +193,9 @@ def batchnorm_table() -> list[str]:
     rows = []
     for folder, (label, _) in RECIPE_VARIANTS.items():
         out = OUT / f"vgg_cells_{folder}"
-        records = load_records(out)
-        if records:
-            record = records[0]
-            curve = ", ".join(f"{row['val_mae']:.1f}" for row in record["history"])
+        if record := _draw0(out):
             rows.append(
-                f"| {label} | {curve} | {record['count']['mae']:.2f}"
+                f"| {label} | {_curve(record)} | {record['count']['mae']:.2f}"
                 f" | {record['train_time_s'] / 60:.0f} min |"
             )
         elif (out / "diverged.txt").exists():
@@ -228,12 +224,9 @@ def full_recipe_table() -> list[str]:
     recipe = CountCeption.recipe
     rows = []
     for label, out in runs.items():
-        draw0 = [r for r in load_records(out) if r["seed"] == 0]
-        if draw0:
-            r = draw0[0]
-            curve = ", ".join(f"{row['val_mae']:.1f}" for row in r["history"])
+        if r := _draw0(out):
             rows.append(
-                f"| {label} | {curve} | {min(row['val_mae'] for row in r['history']):.2f}"
+                f"| {label} | {_curve(r)} | {min(row['val_mae'] for row in r['history']):.2f}"
                 f" | {r['count']['mae']:.2f} | {r['detection']['f1']:.3f}"
                 f" | {r['train_time_s'] / 60:.0f} min |"
             )
@@ -251,6 +244,16 @@ def full_recipe_table() -> list[str]:
         "| --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
+
+
+def _draw0(out: Path) -> dict | None:
+    """The finished draw-0 record in ``out``, if any."""
+    return next((r for r in load_records(out) if r["seed"] == 0), None)
+
+
+def _curve(record: dict) -> str:
+    """Validation MAE after each epoch of a record's training run."""
+    return ", ".join(f"{row['val_mae']:.1f}" for row in record["history"])
 
 
 def _print(record: dict) -> None:
