@@ -89,3 +89,22 @@ def test_readout_refit_makes_the_summed_training_count_exact(rng):
     after = sum(model.count(image) for image in images)
     assert abs(before - 47) > 1
     assert after == pytest.approx(47, rel=1e-3)
+
+
+def test_batch_norm_refit_averages_the_statistics_of_whole_images(rng):
+    from celltally import create_model
+    from celltally.train import refit_batch_norm
+
+    model = create_model("fcrn_a", batch_norm=True).eval()
+    images = [rng.random((48, 64), dtype=np.float32) * scale for scale in (1, 5, 20)]
+    first_conv, first_norm = model.layers[0][0], model.layers[0][1]
+    inputs = []
+    hook = first_conv.register_forward_hook(lambda module, args, output: inputs.append(output))
+    refit_batch_norm(model, images)
+    hook.remove()
+    expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(dim=0)
+    assert len(inputs) == 3
+    torch.testing.assert_close(first_norm.running_mean, expected)
+    assert first_norm.momentum == 0.1 and not model.training  # left as it was
+    with pytest.raises(ValueError, match="refit_bn needs BatchNorm with batch statistics"):
+        TrainConfig(refit_bn=True, frozen_bn=True)

@@ -12,6 +12,8 @@ were.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -279,6 +281,30 @@ class CountingModel(nn.Module):
                 module.weight, gain=1.0 if is_last else nn.init.calculate_gain("relu")
             )
             nn.init.zeros_(module.bias)
+
+
+@contextmanager
+def averaging_batch_norm(module: nn.Module) -> Iterator[None]:
+    """Within the block, ``module`` is in training mode and every BatchNorm in it restarts its
+    statistics and averages them, unweighted, over the forward passes run (precise BatchNorm,
+    Wu & Johnson 2021); afterwards the modes and momenta are restored.
+
+    A count sums a map over many pixels, so the noise and lag that the running averages of
+    training keep in the statistics (they follow the last few dozen steps) become count biases.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    was_training = module.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average
+    module.train()
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        module.train(was_training)
 
 
 def variance_head(config: ModelConfig, in_maps: int) -> nn.Conv2d | None:

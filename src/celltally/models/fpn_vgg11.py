@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from celltally.losses import gaussian_nll, total_variation
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel, ModelConfig, averaging_batch_norm
 from celltally.models.registry import register_model
 
 LEAK = 0.01
@@ -172,19 +172,11 @@ class FPNVGG11(CountingModel):
     @torch.no_grad()
     def recompute_counter_statistics(self, batches: list[torch.Tensor]) -> None:
         """Set the counter's BatchNorm statistics to their plain average over ``batches`` of
-        masks (precise BatchNorm, Wu & Johnson 2021). The image count sums the counter's output
-        over hundreds of cells, so the noise that the running averages of training keep in the
-        statistics (they follow the last few batches) halved the counts at inference here."""
-        norms = [m for m in self.counter.modules() if isinstance(m, nn.BatchNorm2d)]
-        momenta = [norm.momentum for norm in norms]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average
-        self.counter.train()
-        for batch in batches:
-            self.counter(_padded_to_cells(batch))
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
+        masks. The image count sums the counter's output over hundreds of cells: the running
+        averages of training halved the counts at inference here."""
+        with averaging_batch_norm(self.counter):
+            for batch in batches:
+                self.counter(_padded_to_cells(batch))
 
 
 def _padded_to_cells(batch: torch.Tensor) -> torch.Tensor:
