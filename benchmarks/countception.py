@@ -243,8 +243,7 @@ def full_recipe_table() -> list[str]:
         f"The whole recipe ({recipe['epochs']} epochs of patches, the learning rate cut tenfold"
         f" after {recipe['lr_step']}, then {recipe['finetune_epochs']} of whole images), VGG cells"
         " N = 32, draw 0: validation MAE after each epoch, the best, and the test MAE and F1 of"
-        " the model kept (the best). The frozen-BatchNorm run of the lost records is in the"
-        " section `countception-earlier` until it is rerun.",
+        " the model kept (the best).",
         "",
         "| BatchNorm, learning rate | validation MAE by epoch | best validation MAE"
         " | test MAE | F1 | training time |",

@@ -170,8 +170,7 @@ class CountCeption(CountingModel):
     # original froze BatchNorm (an affine layer); frozen, 5e-3 makes the loss explode in the
     # first steps (233 in epoch 1) and 3e-4 learns fastest in 300 steps, but over the whole
     # recipe batch statistics at 5e-3 ended better on VGG cells draw 0: test MAE 3.12 against
-    # 4.10, one run each (the tables "BatchNorm and learning rate" in benchmarks/RESULTS.md and
-    # the section "countception-earlier").
+    # 4.84, one run each (the tables "BatchNorm and learning rate" in benchmarks/RESULTS.md).
     recipe: ClassVar[dict] = {
         "loss": "l1",
         "optimizer": "adam",
