@@ -44,8 +44,11 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path):
-    config = TrainConfig(**QUICK, steps_per_epoch=3, epochs=2, finetune_epochs=1)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path, ema_decay):
+    config = TrainConfig(
+        **QUICK, steps_per_epoch=3, epochs=2, finetune_epochs=1, ema_decay=ema_decay
+    )
 
     def stop_after_first_epoch(epoch, record):
         if epoch == 1:
@@ -75,6 +78,33 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path):
     straight = load_file(tmp_path / "b" / "last" / "model.safetensors")
     for name, weights in straight.items():
         torch.testing.assert_close(resumed[name], weights, msg=name)
+    if ema_decay:
+        resumed, straight = (
+            torch.load(tmp_path / run / "last" / "state.pt", weights_only=False)["averaged"]
+            for run in "ab"
+        )
+        for name, weights in straight.items():
+            torch.testing.assert_close(resumed[name], weights, msg=name)
+
+
+def test_the_weight_average_follows_every_optimiser_step():
+    from celltally import create_model
+    from celltally.train import _weight_average
+
+    model = create_model("fcrn_a")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    averaged = _weight_average(model, optimizer, TrainConfig(ema_decay=0.9))
+    seen = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.rand(2, 1, 16, 16)).square().mean().backward()
+        optimizer.step()
+        seen.append(model.readout.weight.detach().clone())
+    expected = 0.9 * (0.9 * seen[0] + 0.1 * seen[1]) + 0.1 * seen[2]  # the first step copies
+    torch.testing.assert_close(averaged.module.readout.weight, expected)
+    assert not torch.equal(expected, seen[2])
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_readout_refit_makes_the_summed_training_count_exact(rng):
@@ -106,5 +136,3 @@ def test_batch_norm_refit_averages_the_statistics_of_whole_images(rng):
     assert len(inputs) == 3
     torch.testing.assert_close(first_norm.running_mean, expected)
     assert first_norm.momentum == 0.1 and not model.training  # left as it was
-    with pytest.raises(ValueError, match="refit_bn needs BatchNorm with batch statistics"):
-        TrainConfig(refit_bn=True, frozen_bn=True)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from celltally.config import from_dict as config_from_dict
 from celltally.data.datasets import Sample
@@ -100,9 +101,11 @@ class TrainConfig:
             final 1x1 convolution is refitted by least squares on the whole training images
             (the first ``REFIT_IMAGES``; see ``refit_readout``); training itself goes on with
             the unchanged model.
-        refit_bn: after every patch epoch, re-estimate BatchNorm's statistics on the whole
-            training images (``refit_batch_norm``) before validating; the patch epochs
-            themselves normalise by batch statistics, so they train as without it.
+        ema_decay: if > 0, validate (and keep as best) an exponential moving average of the
+            weights, updated after every optimiser step with this decay (0.99 averages about
+            the last 100 steps), its BatchNorm statistics re-estimated on the whole training
+            images; training itself goes on with the unaveraged weights. It smooths the
+            step-to-step swings of the count that a high learning rate leaves.
         seed: seeds patch sampling and initialisation.
         detection_radius: pixels; used to choose the peak threshold on validation data.
         time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
@@ -136,7 +139,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     bf16: bool = True
     refit_readout: bool = True
-    refit_bn: bool = False
+    ema_decay: float = 0.0
     seed: int = 0
     detection_radius: float = DETECTION_RADIUS
     time_budget: float | None = None
@@ -155,11 +158,8 @@ class TrainConfig:
             raise ValueError(
                 f"counter_crop must be a positive multiple of 32, got {self.counter_crop}"
             )
-        if self.refit_bn and (self.frozen_bn or not self.batch_norm):
-            raise ValueError(
-                "refit_bn needs BatchNorm with batch statistics: set batch_norm=true and"
-                " frozen_bn=false, or refit_bn=false"
-            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.epochs < 0 or self.finetune_epochs < 0 or self.epochs + self.finetune_epochs == 0:
             raise ValueError("need at least one epoch: set epochs and/or finetune_epochs")
 
@@ -221,7 +221,8 @@ def train(
     masks = [s.load_mask() for s in train_samples] if model.trains_on_masks else None
     sampler = PatchSampler(*train_data, model, rng, config.per_patch_norm, masks)
     optimizer = _optimizer(config, model)
-    state = _resume(out, model, optimizer, rng, config)
+    averaged = _weight_average(model, optimizer, config)
+    state = _resume(out, model, optimizer, rng, config, averaged)
     _write_json(
         out / "split.json",
         {"train": [s.name for s in train_samples], "val": [s.name for s in val_samples]},
@@ -243,14 +244,12 @@ def train(
                 loss = _counter_epoch(model, counter_masks, train_data[1], rng, optimizer, config)
             else:
                 loss = _finetune_epoch(model, sampler, optimizer, config)
-            if config.refit_bn and not finetune:
-                refit_batch_norm(model, train_data[0][:REFIT_IMAGES])
             if not np.isfinite(loss):
                 raise ValueError(
                     f"training diverged in epoch {state.epoch} (loss {loss}); lower the learning"
                     f" rate (now {_lr(config, state.epoch):g}, e.g. --set lr=...)"
                 )
-            candidate = _refitted_copy(model, train_data) if config.refit_readout else model
+            candidate = _candidate(model, averaged, train_data, config)
             untrained_counter = model.trains_on_masks and not finetune
             val_mae = nan if untrained_counter else _validate(candidate, val_images, val_points)
             state.elapsed += time.perf_counter() - started
@@ -267,7 +266,7 @@ def train(
             if val_mae < state.best_mae:
                 state.best_mae = val_mae
                 save_model(candidate, out / "model")
-            _checkpoint(out, model, optimizer, rng, state)
+            _checkpoint(out, model, optimizer, rng, state, averaged)
             bar.update(task, advance=1, status=f"loss {loss:.4f}  val MAE {val_mae:.2f}")
             if on_epoch_end is not None:
                 on_epoch_end(state.epoch, record)
@@ -315,12 +314,33 @@ def _finish(out, config, train_data, val_data, state, provenance) -> CountingMod
     return model
 
 
-def _refitted_copy(model: CountingModel, train_data) -> CountingModel:
-    """A copy of ``model`` with its readout refitted on (at most ``REFIT_IMAGES`` of) the
-    training images; training goes on with the original."""
-    candidate = copy.deepcopy(model)
-    images, points = train_data
-    refit_readout(candidate, images[:REFIT_IMAGES], points[:REFIT_IMAGES])
+def _weight_average(model: CountingModel, optimizer, config: TrainConfig) -> AveragedModel | None:
+    """With ``config.ema_decay``, the moving average of ``model``'s weights, updated by a hook
+    after every step of ``optimizer``."""
+    if not config.ema_decay:
+        return None
+    if model.trains_on_masks:
+        raise ValueError(f"{config.arch} cannot average its weights; set ema_decay=0")
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    optimizer.register_step_post_hook(lambda *_: averaged.update_parameters(model))
+    return averaged
+
+
+def _candidate(
+    model: CountingModel, averaged: AveragedModel | None, train_data, config: TrainConfig
+) -> CountingModel:
+    """The model to validate and keep if best: ``model`` or a copy of its weight average (with
+    BatchNorm statistics refitted to those weights), its readout refitted with
+    ``config.refit_readout``, on (at most ``REFIT_IMAGES`` of) the training images. Training
+    goes on with ``model``."""
+    if averaged is None and not config.refit_readout:
+        return model
+    candidate = copy.deepcopy(model if averaged is None else averaged.module)
+    images, points = train_data[0][:REFIT_IMAGES], train_data[1][:REFIT_IMAGES]
+    if averaged is not None and config.batch_norm and not config.frozen_bn:
+        refit_batch_norm(candidate, images)
+    if config.refit_readout:
+        refit_readout(candidate, images, points)
     return candidate
 
 
@@ -349,12 +369,9 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
 
 @torch.no_grad()
 def refit_batch_norm(model: CountingModel, images: list[np.ndarray]) -> None:
-    """Set every BatchNorm's statistics to their average over ``images``, each run whole.
-
-    The running averages of training were gathered on padded patches while the weights kept
-    moving. Count-ception's output passes a BatchNorm, and its sum over the 288 x 288 pixels of a
-    256x256 image / 1024 turns a shift of 0.01 in that output into 0.8 cells.
-    """
+    """Set every BatchNorm's statistics to their average over ``images``, each run whole, as at
+    inference: a weight average has no statistics of its own (those of training belong to other
+    weights)."""
     with averaging_batch_norm(model):
         for image in images:
             model.forward_padded(model.prepare(image)[None])
@@ -584,20 +601,24 @@ def _out_of_time(config: TrainConfig, state: TrainState) -> bool:
     return config.time_budget is not None and state.elapsed >= config.time_budget
 
 
-def _checkpoint(out: Path, model, optimizer, rng: np.random.Generator, state: TrainState) -> None:
-    """Save the resumable state: weights (``last/``) and optimiser + random state + history."""
+def _checkpoint(
+    out: Path, model, optimizer, rng: np.random.Generator, state: TrainState, averaged
+) -> None:
+    """Save the resumable state: weights (``last/``) and optimiser + random state + history
+    (+ weight average)."""
     save_model(model, out / "last")
     payload = {
         "optimizer": optimizer.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "state": asdict(state),
+        "averaged": None if averaged is None else averaged.state_dict(),
     }
     atomic_write(out / "last" / "state.pt", lambda tmp: torch.save(payload, tmp))
 
 
 def _resume(
-    out: Path, model, optimizer, rng: np.random.Generator, config: TrainConfig
+    out: Path, model, optimizer, rng: np.random.Generator, config: TrainConfig, averaged
 ) -> TrainState:
     state_file = out / "last" / "state.pt"
     if not state_file.exists():
@@ -612,6 +633,10 @@ def _resume(
     optimizer.load_state_dict(payload["optimizer"])
     rng.bit_generator.state = payload["numpy_rng"]
     torch.set_rng_state(payload["torch_rng"])
+    if averaged is not None:
+        if payload.get("averaged") is None:
+            raise ValueError(f"{out} was trained without ema_decay; resume it with ema_decay=0")
+        averaged.load_state_dict(payload["averaged"])
     return TrainState(**payload["state"])
 
 
