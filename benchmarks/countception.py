@@ -50,9 +50,9 @@ RECIPE_VARIANTS = {  # folder: (label, settings on top of the recipe)
 }
 FULL_RIVALS = {  # folder: (label, settings on top of the recipe), each trained in full
     "frozen_lr_3e4_full": RECIPE_VARIANTS["frozen_lr_3e4"],  # the original's BatchNorm, fastest
-    "ema_full": (
-        "batch statistics, lr 5e-3, weights averaged (EMA 0.99)",
-        {"ema_decay": 0.99},
+    "readout_refit_full": (
+        "batch statistics, lr 5e-3, readout refitted after each epoch",
+        {"refit_readout": True},
     ),
 }
 PARTS = {

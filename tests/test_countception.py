@@ -111,6 +111,23 @@ def test_frozen_batch_norm_keeps_its_initial_statistics():
     assert any((m.running_mean != 0).any() for m in moving.modules() if hasattr(m, "running_mean"))
 
 
+def test_the_readout_is_set_through_its_batch_norm(rng):
+    model = create_model("countception").train()
+    model(torch.randn(2, 1, 64, 64))  # statistics away from their initial values
+    model.eval()
+    norm = model.layers[-1][1]
+    features, before_activation = [], []
+    model.readout.register_forward_hook(lambda module, args, output: features.append(args[0]))
+    norm.register_forward_hook(
+        lambda module, args, output: before_activation.append(output.clone())
+    )
+    weight, bias = torch.randn(64, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    model.set_readout(weight, bias)
+    model(torch.from_numpy(rng.random((1, 1, 48, 40), dtype=np.float32)))
+    expected = torch.einsum("c,bchw->bhw", weight.float(), features[0]) + 0.3
+    torch.testing.assert_close(before_activation[0][:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_short_training_lowers_the_validation_error(tmp_path):
     crowded = preset("nuclei", height=64, width=64, density=30.0, overlap=0.0, cluster_prob=0.0)

@@ -352,7 +352,8 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
     below the MSE's noise level still shifts counts by several cells, and SGD noise on the last
     bias keeps moving it. The readout is linear in its input features, so its exact least-squares
     fit on the whole images is cheap; with its intercept, the residuals sum to zero and the
-    summed count over the training images is exact.
+    summed count over the training images is exact (for Count-ception, whose readout ends in a
+    LeakyReLU, nearly: only pixels fitted below zero differ).
     """
     layer = model.readout
     n = layer.in_channels + 1
@@ -362,9 +363,8 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
         gram += x @ x.T
         moment += x @ target
     ridge = 1e-6 * gram.diagonal().mean() * torch.eye(n, dtype=torch.float64)
-    solution = torch.linalg.solve(gram + ridge, moment).float()
-    layer.weight.copy_(solution[:-1].reshape(layer.weight.shape))
-    layer.bias.copy_(solution[-1:])
+    solution = torch.linalg.solve(gram + ridge, moment)
+    model.set_readout(solution[:-1], solution[-1])
 
 
 @torch.no_grad()

@@ -128,6 +128,12 @@ class CountingModel(nn.Module):
         be refitted after training), else ``None``."""
         return None
 
+    @torch.no_grad()
+    def set_readout(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Make the map ``weight @ features + bias`` of the features that ``readout`` reads."""
+        self.readout.weight.copy_(weight.reshape(self.readout.weight.shape))
+        self.readout.bias.copy_(bias)
+
     @property
     def count_divisor(self) -> float:
         """What the map's sum is divided by to give the count."""

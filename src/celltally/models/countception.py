@@ -225,6 +225,24 @@ class CountCeption(CountingModel):
 
     # ---- readout ----------------------------------------------------------------------------
     @property
+    def readout(self) -> nn.Conv2d:
+        """The last 1x1 convolution: BatchNorm at inference is affine and LeakyReLU is the
+        identity on the non-negative count map, so the output is linear in its features where
+        the map is positive."""
+        return self.layers[-1][0]
+
+    @torch.no_grad()
+    def set_readout(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Folded through the BatchNorm's inference statistics (which stay as they are): the
+        convolution has no bias, so the BatchNorm's shift takes it."""
+        norm = self.layers[-1][1]
+        std = torch.sqrt(norm.running_var.double() + norm.eps)
+        gain = norm.weight.double()
+        shape = self.readout.weight.shape
+        self.readout.weight.copy_((weight.double() * std / gain).reshape(shape))
+        norm.bias.copy_(bias.double() + gain * norm.running_mean.double() / std)
+
+    @property
     def count_divisor(self) -> float:
         return (WINDOW / self.config.window_stride) ** 2
 
