@@ -104,8 +104,9 @@ class TrainConfig:
         ema_decay: if > 0, validate (and keep as best) an exponential moving average of the
             weights, updated after every optimiser step with this decay (0.99 averages about
             the last 100 steps), its BatchNorm statistics re-estimated on the whole training
-            images; training itself goes on with the unaveraged weights. It smooths the
-            step-to-step swings of the count that a high learning rate leaves.
+            images; training itself goes on with the unaveraged weights. On Count-ception
+            it did not steady the validation counts (their swings are a count bias that moves
+            from epoch to epoch, which ``refit_readout`` removes).
         seed: seeds patch sampling and initialisation.
         detection_radius: pixels; used to choose the peak threshold on validation data.
         time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
