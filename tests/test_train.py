@@ -76,15 +76,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_split, tmp_path, ema_d
     train(config, tiny_split.train, tiny_split.val, tmp_path / "b", progress=False)
     resumed = load_file(tmp_path / "a" / "last" / "model.safetensors")
     straight = load_file(tmp_path / "b" / "last" / "model.safetensors")
+    assert_same_tensors(resumed, straight)
+    if ema_decay:
+        assert_same_tensors(
+            *(
+                torch.load(tmp_path / run / "last" / "state.pt", weights_only=False)["averaged"]
+                for run in "ab"
+            )
+        )
+
+
+def assert_same_tensors(resumed: dict, straight: dict) -> None:
     for name, weights in straight.items():
         torch.testing.assert_close(resumed[name], weights, msg=name)
-    if ema_decay:
-        resumed, straight = (
-            torch.load(tmp_path / run / "last" / "state.pt", weights_only=False)["averaged"]
-            for run in "ab"
-        )
-        for name, weights in straight.items():
-            torch.testing.assert_close(resumed[name], weights, msg=name)
 
 
 def test_the_weight_average_follows_every_optimiser_step():
