@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from celltally.baselines import MeanCount, SegmentationCounter, SegmentationSettings
 from celltally.benchmark import (
     BenchmarkConfig,
+    _uncalibrated_count_metrics,
     load_records,
     markdown_table,
     run_benchmark,
@@ -22,6 +23,7 @@ from celltally.data.datasets import Sample
 from celltally.data.splits import protocol_split, split_from_file
 from celltally.data.synth import preset, synth_samples, write_set
 from celltally.errors import InputError
+from celltally.models import create_model
 from celltally.predict import evaluate
 
 SEPARATED = {"height": 96, "width": 96, "density": 15.0, "overlap": 0.0, "cluster_prob": 0.0}
@@ -205,6 +207,7 @@ def test_cli_benchmark_trains_a_network_and_reports(small_set, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "records" / "fcrn_a_n2_seed0.json").read_text())
     assert record["detection"]["f1"] >= 0 and record["settings"]["epochs"] == 1
+    assert record["count_uncalibrated"] is None  # trained without calibrate_counts
     assert [row["epoch"] for row in record["history"]] == [0] and record["epochs_run"] == 1
     assert (tmp_path / "runs" / "fcrn_a_n2_seed0" / "model" / "config.json").exists()
     assert "fcrn_a" in result.output and "table.md" in result.output
@@ -237,3 +240,13 @@ def test_segmentation_counts_a_clump_it_cannot_split_by_its_size():
     assert counter(0).count(image) == 4
     assert counter(area).count(image) == 5
     assert len(counter(area).points(image)) == 4
+
+
+def test_a_record_keeps_the_count_error_without_the_count_calibration(small_set):
+    samples = load_dataset(small_set, "points")[:3]
+    model = create_model("fcrn_a")
+    plain = evaluate(model, samples, 5.0)["count"]
+    model.config.count_gain, model.config.count_offset = 3.0, 0.01
+    assert evaluate(model, samples, 5.0)["count"] != plain
+    assert _uncalibrated_count_metrics(model, samples) == plain
+    assert model.config.count_gain == 3.0  # measured on a copy

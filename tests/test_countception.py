@@ -131,9 +131,10 @@ def test_the_readout_is_set_through_its_batch_norm(rng):
 @pytest.mark.slow
 def test_short_training_lowers_the_validation_error(tmp_path):
     crowded = preset("nuclei", height=64, width=64, density=30.0, overlap=0.0, cluster_prob=0.0)
-    samples = synth_samples(crowded, 6, seed=0)
+    samples = synth_samples(crowded, 9, seed=0)  # 4 to train on, 5 to validate and calibrate
     recipe = TrainConfig.from_dict({"arch": "countception"})
     assert (recipe.loss, recipe.lr, recipe.batch_size) == ("l1", 5e-3, 4)  # the paper's
+    assert recipe.calibrate_counts
     # Batch statistics at 5e-3 ended better over the whole recipe but start slowest
     # (benchmarks/RESULTS.md, "BatchNorm and learning rate"); frozen at 3e-4 learns in 20 steps.
     settings = {"patch_size": 64, "steps_per_epoch": 10, "epochs": 2, "finetune_epochs": 0}
@@ -144,6 +145,7 @@ def test_short_training_lowers_the_validation_error(tmp_path):
     start = np.mean([abs(untrained.count(s.load()[0]) - len(s.load()[1])) for s in samples[4:]])
     model = train(config, samples[:4], samples[4:], tmp_path, progress=False)
     assert model.config.training["best_val_mae"] < 0.5 * start, start
+    assert model.config.count_gain != 1.0  # calibrated on the 5 validation images
 
 
 def test_the_count_command_runs_a_countception_checkpoint(samples_dir, tmp_path):

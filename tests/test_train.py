@@ -140,3 +140,10 @@ def test_batch_norm_refit_averages_the_statistics_of_whole_images(rng):
     assert len(inputs) == 3
     torch.testing.assert_close(first_norm.running_mean, expected)
     assert first_norm.momentum == 0.1 and not model.training  # left as it was
+
+
+def test_count_calibration_needs_enough_validation_images(tiny_split, tmp_path):
+    config = TrainConfig(**QUICK, calibrate_counts=True)
+    with pytest.raises(ValueError, match="at least 5 validation images"):
+        train(config, tiny_split.train, tiny_split.val, tmp_path, progress=False)
+    assert not (tmp_path / "last").exists()

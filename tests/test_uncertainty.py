@@ -14,6 +14,7 @@ from celltally.cli import app
 from celltally.losses import gaussian_nll, total_variation
 from celltally.train import with_variance_head
 from celltally.uncertainty import (
+    calibrate_counts,
     calibration_scores,
     conformal_quantile,
     interval,
@@ -160,12 +161,13 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
         return result
 
     settings = ["epochs=1", "steps_per_epoch=3", "finetune_epochs=0", "patch_size=48",
-                "variance_head=true"]  # fmt: skip
+                "variance_head=true", "calibrate_counts=true"]  # fmt: skip
     data = ["--data", folder, "--format", "points"]
     run("train", *data, "--out", tmp_path / "run", "--n-train", 4, "--n-val", 20,
         *[a for s in settings for a in ("--set", s)])  # fmt: skip
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]
     assert len(config["conformal_scores"]) == 20 and config["variance_head"]
+    assert config["count_gain"] != 1.0 and config["count_offset"] != 0.0
 
     run("count", folder, "--model", tmp_path / "run", "--ci", "--out", tmp_path / "c")
     table = pd.read_csv(tmp_path / "c" / "counts.csv")
@@ -184,7 +186,12 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
     recalibrated = json.loads((tmp_path / "recal" / "config.json").read_text())["config"]
     assert len(recalibrated["conformal_scores"]) == 30
 
-    # the bundled model has no variance head: fit one, then it gives intervals
+    # the bundled model has no variance head: its counts alone can be calibrated
+    result = run("calibrate", *data, "--counts", "--out", tmp_path / "counts_only")
+    counts_only = json.loads((tmp_path / "counts_only" / "config.json").read_text())["config"]
+    assert counts_only["count_gain"] != 1.0 and not counts_only["conformal_scores"]
+    assert "counts: map x" in result.output
+    # or fit a variance head, then it gives intervals
     run("calibrate", *data, "--fit-on", folder, "--out", tmp_path / "fitted")
     run("count", folder, "--model", tmp_path / "fitted", "--ci", "--out", tmp_path / "f")
     table = pd.read_csv(tmp_path / "f" / "counts.csv")
@@ -209,3 +216,48 @@ def test_region_intervals_add_up_to_the_image_when_the_regions_tile_it():
     assert sum(p.sigma**2 for p in parts) == pytest.approx(whole.sigma**2, rel=1e-5)
     with pytest.raises(ValueError, match="mask of the image"):
         model.count_interval(output, 0.9, left[:10])
+
+
+@pytest.mark.parametrize("arch", ["fcrn_a", "countception"])
+def test_count_calibration_recovers_a_known_affine_bias(arch, rng):
+    model = create_model(arch)
+    side = 40 if arch == "fcrn_a" else 72  # Count-ception's map is 32 pixels larger
+    outputs = [rng.random((1, side, side + 8), dtype=np.float32) for _ in range(6)]
+    gain, offset = 1.08, -0.02
+    true = [gain * model.count_from_map(o[0]) + model.count_from_map(np.full_like(o[0], offset))
+            for o in outputs]  # fmt: skip
+    corrected = calibrate_counts(model, outputs, true)
+    assert model.config.count_gain == pytest.approx(gain, rel=1e-5)
+    assert model.config.count_offset == pytest.approx(offset, rel=1e-4)
+    assert [model.count_from_map(o[0]) for o in corrected] == pytest.approx(true, rel=1e-5)
+    calibrate_counts(model, corrected, true)  # already calibrated: the second fit is identity
+    assert model.config.count_gain == pytest.approx(gain, rel=1e-5)
+
+
+def test_the_count_calibration_applies_to_counts_regions_and_intervals(rng):
+    model = create_model("fcrn_a", variance_head=True).eval()
+    model.config.conformal_scores = list(np.linspace(0.1, 3.0, 40))
+    image = rng.random((48, 56)).astype(np.float32)
+    plain = model.predict_output(image)
+    model.config.count_gain, model.config.count_offset = 2.0, 0.001
+    calibrated = model.predict_output(image)
+    assert calibrated[0] == pytest.approx(2.0 * plain[0] + 0.001, rel=1e-5, abs=1e-6)
+    expected = 2.0 * model.count_from_map(plain[0]) + 0.001 * 48 * 56 / model.count_divisor
+    assert model.count(image) == pytest.approx(expected, rel=1e-5)
+    before, after = model.count_interval(plain, 0.9), model.count_interval(calibrated, 0.9)
+    assert after.sigma == pytest.approx(2.0 * before.sigma, rel=1e-5)
+    half = np.zeros((48, 56), bool)
+    half[:, :20] = True
+    region = model.count_interval(calibrated, 0.9, half).count
+    assert region == pytest.approx(calibrated[0][half].sum() / model.count_divisor, rel=1e-5)
+
+
+def test_count_calibration_refuses_too_few_images_and_a_falling_fit():
+    model = create_model("fcrn_a")
+    maps = [np.full((1, 8, 8), value, np.float32) for value in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    with pytest.raises(ValueError, match="at least 5"):
+        calibrate_counts(model, maps[:4], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="do not grow"):
+        calibrate_counts(model, maps, [5, 4, 3, 2, 1])
+    with pytest.raises(ValueError, match="count_gain must be positive"):
+        create_model("fcrn_a", count_gain=0.0)

@@ -14,6 +14,7 @@ papers' Table 1 layout with the published figures beside ours, then the details)
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -36,7 +37,7 @@ from celltally.data.splits import (
     protocol_split,
     split_from_file,
 )
-from celltally.metrics import DETECTION_RADIUS
+from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import list_models
 from celltally.models.io import versions
 from celltally.predict import evaluate
@@ -172,6 +173,7 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         "split": split.names(),
         "settings": settings,
         "count": metrics["count"],
+        "count_uncalibrated": _uncalibrated_count_metrics(model, split.test),
         "detection": metrics["detection"],
         "train_time_s": train_time,
         "epochs_run": epochs_run,
@@ -181,6 +183,22 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         "versions": versions(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
+
+
+def _uncalibrated_count_metrics(model, samples: list[Sample]) -> dict[str, float] | None:
+    """The count metrics of ``model`` on ``samples`` without its count calibration, to show
+    what the calibration changed on the same images (``None``: it has none)."""
+    config = getattr(model, "config", None)
+    if config is None or (config.count_gain, config.count_offset) == (1.0, 0.0):
+        return None
+    raw = copy.deepcopy(model)
+    raw.config.count_gain, raw.config.count_offset = 1.0, 0.0
+    truth, counts = [], []
+    for sample in samples:
+        image, points = sample.load()
+        truth.append(len(points))
+        counts.append(raw.count(image))
+    return count_metrics(truth, counts)
 
 
 def load_records(out: str | Path) -> list[dict[str, Any]]:

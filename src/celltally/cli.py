@@ -54,7 +54,7 @@ from celltally.uncertainty import (
     min_calibration_images,
     reliability,
 )
-from celltally.uncertainty import calibrate as calibrate_intervals
+from celltally.uncertainty import calibrate as calibrate_model
 from celltally.viz import (
     RELIABILITY_LEVELS,
     save_inversions,
@@ -391,38 +391,58 @@ def calibrate(
             " first: for a model trained without one."
         ),
     ] = None,
+    counts: Annotated[
+        bool,
+        typer.Option(
+            "--counts",
+            help="Also correct the counts first: fit gain * map + offset to these images' counts.",
+        ),
+    ] = False,
     tta: TTAOption = False,
 ) -> None:
-    """Calibrate the count intervals of a model on annotated images (conformal prediction);
-    writes the calibrated copy to OUT (with --tta: calibrated, and saved, with test-time
-    augmentation)."""
+    """Calibrate a model on annotated images: its count intervals (conformal prediction) and,
+    with --counts, its counts; writes the calibrated copy to OUT (with --tta: calibrated, and
+    saved, with test-time augmentation)."""
     try:
         counter = _loaded(model, tta)
         if fit_on is not None:
             loaded = [s.load() for s in load_dataset(*resolve_data(fit_on, fmt))]
             counter = with_variance_head(counter, *map(list, zip(*loaded, strict=True)))
-        elif not counter.config.variance_head:
+        elif not (counter.config.variance_head or counts):
             raise ValueError(
                 f"this {counter.config.arch} model has no variance head; fit one with --fit-on"
-                " TRAINING_IMAGES, or train with --set variance_head=true"
+                " TRAINING_IMAGES, train with --set variance_head=true, or calibrate only its"
+                " counts with --counts"
             )
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
-        calibrate_intervals(
+        calibrate_model(
             counter,
             samples,
             lambda s: track(s, description="calibrating", console=errors, transient=True),
+            counts=counts,
         )
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    counter.config.training["calibration"] = {"data": str(root), "images": len(samples)}
+    counter.config.training["calibration"] = {
+        "data": str(root),
+        "images": len(samples),
+        "counts": counts,
+    }
     save_model(counter, out)
-    levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(samples)]
-    console.print(
-        f"calibrated on {len(samples)} images: conformal intervals at levels up to"
-        f" {max(levels, default=0):.0%}, a Gaussian temperature above; model written to {out}"
-    )
+    console.print(f"calibrated on {len(samples)} images; model written to {out}")
+    if counts:
+        console.print(
+            f"counts: map x {counter.config.count_gain:.4f}"
+            f" {counter.config.count_offset:+.4g} per pixel"
+        )
+    if counter.config.variance_head:
+        levels = [lv for lv in RELIABILITY_LEVELS if min_calibration_images(lv) <= len(samples)]
+        console.print(
+            f"intervals: conformal at levels up to {max(levels, default=0):.0%}, a Gaussian"
+            " temperature above"
+        )
 
 
 def _evaluation_set(samples, fmt: str, subset: str, training: dict) -> list:

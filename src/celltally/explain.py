@@ -49,7 +49,7 @@ def _count_gradient(model: CountingModel, tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone().requires_grad_(True)
     output = model.forward_padded(tensor)[:, 0]
     step = model.config.window_stride
-    count = output[..., ::step, ::step].sum() / model.count_divisor
+    count = model.config.count_gain * output[..., ::step, ::step].sum() / model.count_divisor
     (gradient,) = torch.autograd.grad(count, tensor)
     return gradient[0].abs().amax(dim=0)
 

@@ -43,7 +43,7 @@ from celltally.models.io import WEIGHTS_FILE, versions
 from celltally.models.registry import architecture, build_model
 from celltally.predict import choose_peak_threshold
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
-from celltally.uncertainty import model_scores
+from celltally.uncertainty import MIN_COUNT_CALIBRATION_IMAGES, calibrate_counts, model_scores
 
 # The readout refit has ~33 unknowns: a few dozen whole images (millions of pixels) fit it, and
 # more only slow every epoch down (most of each 170 s epoch on 800 synthetic images).
@@ -107,6 +107,11 @@ class TrainConfig:
             images; training itself goes on with the unaveraged weights. On Count-ception
             it did not steady the validation counts (their swings are a count bias that moves
             from epoch to epoch, which ``refit_readout`` removes).
+        calibrate_counts: after training, fit the count calibration (``gain * map + offset``,
+            ``celltally.uncertainty.calibrate_counts``) on the validation images, before the
+            peak threshold and the intervals are chosen there. On Count-ception, whose counts
+            regress towards the mean (too many on sparse images, too few on crowded ones), it
+            lowered the test MAE of a VGG cells model from 3.46 to 2.36.
         seed: seeds patch sampling and initialisation.
         detection_radius: pixels; used to choose the peak threshold on validation data.
         time_budget: seconds; stop starting new epochs once spent (``None``: no limit).
@@ -141,6 +146,7 @@ class TrainConfig:
     bf16: bool = True
     refit_readout: bool = True
     ema_decay: float = 0.0
+    calibrate_counts: bool = False
     seed: int = 0
     detection_radius: float = DETECTION_RADIUS
     time_budget: float | None = None
@@ -209,6 +215,11 @@ def train(
     if model.trains_on_masks and config.finetune_epochs == 0:
         raise ValueError(
             f"{config.arch} trains its counter in the finetune epochs; set finetune_epochs >= 1"
+        )
+    if config.calibrate_counts and len(val_samples) < MIN_COUNT_CALIBRATION_IMAGES:
+        raise ValueError(
+            f"calibrate_counts needs at least {MIN_COUNT_CALIBRATION_IMAGES} validation images,"
+            f" got {len(val_samples)}; add some or set calibrate_counts=false"
         )
     if config.init is not None:
         _start_from(model, config.init)
@@ -289,14 +300,17 @@ def _start_from(model: CountingModel, source: str) -> None:
 
 
 def _finish(out, config, train_data, val_data, state, provenance) -> CountingModel:
-    """Reload the best model, fit its variance head (if any) on the training images, choose its
-    peak threshold and calibrate its intervals on validation data, record provenance."""
+    """Reload the best model, fit its variance head (if any) on the training images; on the
+    validation images calibrate its counts (with ``calibrate_counts``), choose its peak
+    threshold and calibrate its intervals; record provenance."""
     started = time.perf_counter()
     model = load_model(out / "model")
     if model.log_variance is not None:
         fit_variance_head(model, *train_data)
     val_images, val_points = val_data
     outputs = [model.predict_output(image) for image in val_images]
+    if config.calibrate_counts:
+        outputs = calibrate_counts(model, outputs, [len(p) for p in val_points])
     model.config.peak_threshold = choose_peak_threshold(
         model, [output[0] for output in outputs], val_points, config.detection_radius
     )

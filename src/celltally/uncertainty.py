@@ -19,6 +19,13 @@ A conformal interval at level ``L`` needs ``n >= L / (1 - L)`` images (19 for 95
 ``q`` is a temperature fitted to the scores, ``z_L sqrt(mean(score^2))`` (exact only if the
 scaled errors are Gaussian), but at least the largest score: a higher level never gives a
 narrower interval than a lower, conformal one (``score_quantile``).
+
+Before its intervals, a model's counts themselves can be calibrated on annotated images
+(``calibrate_counts``): a network that cannot tell overlapping cells apart counts too few on
+crowded images and too many on sparse ones (a count that regresses to the training mean), a
+bias that is the same on new images and that an affine correction of the map,
+``gain * map + offset``, fitted by least squares on the images' counts, removes. Its two numbers
+need a few images, not many; the intervals are then calibrated on the corrected counts.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 from scipy.stats import norm
 
 DEFAULT_LEVEL = 0.95
+MIN_COUNT_CALIBRATION_IMAGES = 5  # a gain and an offset, with residuals to spare
 NOT_CALIBRATED = "the intervals are not calibrated; run celltally calibrate"
 
 
@@ -119,18 +127,63 @@ def model_scores(model, outputs: Sequence[np.ndarray], true_counts: Sequence[flo
 
 
 def calibrate(
-    model, samples: Iterable, progress: Callable[[Iterable], Iterable] = iter
-) -> list[float]:
-    """Set (and return) ``model``'s conformal scores from annotated ``samples`` (``Sample``s:
-    ``load()`` gives the image and its points) that it was not trained on. ``progress`` wraps
+    model,
+    samples: Iterable,
+    progress: Callable[[Iterable], Iterable] = iter,
+    counts: bool = False,
+) -> None:
+    """Calibrate ``model`` on annotated ``samples`` (``Sample``s: ``load()`` gives the image and
+    its points) that it was not trained on: with ``counts``, its counts (``calibrate_counts``);
+    then, if it has a variance head, its intervals (the conformal scores). ``progress`` wraps
     the samples, e.g. in a progress bar."""
     outputs, truth = [], []
     for sample in progress(samples):
         image, points = sample.load()
         outputs.append(model.predict_output(image, source=str(sample.image_path)))
         truth.append(len(points))
-    model.config.conformal_scores = model_scores(model, outputs, truth)
-    return model.config.conformal_scores
+    if counts:
+        outputs = calibrate_counts(model, outputs, truth)
+    if model.config.variance_head:
+        model.config.conformal_scores = model_scores(model, outputs, truth)
+
+
+def calibrate_counts(
+    model, outputs: Sequence[np.ndarray], true_counts: Sequence[float]
+) -> list[np.ndarray]:
+    """Fit the affine map correction that makes ``model``'s counts of its ``(C, H, W)``
+    ``outputs`` best match ``true_counts`` (least squares), add it to the model's count
+    calibration (``ModelConfig.count_gain``, ``count_offset``) and return the outputs as
+    corrected."""
+    if len(outputs) < MIN_COUNT_CALIBRATION_IMAGES:
+        raise ValueError(
+            f"calibrating counts needs at least {MIN_COUNT_CALIBRATION_IMAGES} annotated images,"
+            f" got {len(outputs)}"
+        )
+    counts = [model.count_from_map(output[0]) for output in outputs]
+    pixels = [model.count_from_map(np.ones_like(output[0])) for output in outputs]
+    design = np.column_stack([counts, pixels])
+    (gain, offset), *_ = np.linalg.lstsq(design, np.asarray(true_counts, float), rcond=None)
+    gain, offset = float(gain), float(offset)
+    if not gain > 0:
+        raise ValueError(
+            f"the counts do not grow with the true counts on these {len(outputs)} images (fitted"
+            f" gain {gain:.3g}); calibrate on images with a range of counts"
+        )
+    config = model.config  # the new correction follows the one the outputs already have
+    config.count_offset = gain * config.count_offset + offset
+    config.count_gain *= gain
+    return [affine_output(output, gain, offset) for output in outputs]
+
+
+def affine_output(output: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """A ``(C, H, W)`` output with its map replaced by ``gain * map + offset`` and its
+    log-variance channel (if any) shifted to match (the variance scales by ``gain^2``)."""
+    if gain == 1.0 and offset == 0.0:
+        return output
+    corrected = output.astype(np.float32, copy=True)
+    corrected[0] = gain * output[0] + offset
+    corrected[1:] += 2.0 * np.log(gain)
+    return corrected
 
 
 def interval(count: float, sigma: float, scores: Sequence[float], level: float) -> CountInterval:

@@ -26,7 +26,7 @@ from torch import nn
 from celltally.data.images import as_image, to_channels
 from celltally.errors import InputError
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
-from celltally.uncertainty import CountInterval, check_intervals, interval
+from celltally.uncertainty import CountInterval, affine_output, check_intervals, interval
 
 
 @dataclass
@@ -49,6 +49,10 @@ class ModelConfig:
             intervals (see ``celltally.uncertainty``).
         conformal_scores: calibration: |count - true| / predicted std on validation images,
             sorted; set by training or ``celltally calibrate``.
+        count_gain, count_offset: the count calibration: the network's map becomes
+            ``count_gain * map + count_offset`` (its log-variance follows), fitted on
+            validation images by ``TrainConfig.calibrate_counts`` or ``celltally calibrate
+            --counts`` (see ``celltally.uncertainty.calibrate_counts``); 1 and 0: none.
         peak_threshold: smallest map value of a detected centre; chosen on validation data.
         min_distance: smallest distance in pixels between two detected centres.
         tile_size: images larger than this (plus margins) are processed in tiles of this size.
@@ -66,6 +70,8 @@ class ModelConfig:
     conformal_scores: list[float] = field(default_factory=list)
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
+    count_gain: float = 1.0
+    count_offset: float = 0.0
     peak_threshold: float = 0.5
     min_distance: int = 3
     tile_size: int = 512
@@ -81,6 +87,10 @@ class ModelConfig:
             raise ValueError(
                 f"window_stride must divide {WINDOW} (1, 2, 4, 8, 16, 32), got {self.window_stride}"
             )
+        if not (np.isfinite(self.count_gain) and self.count_gain > 0):
+            raise ValueError(f"count_gain must be positive, got {self.count_gain}")
+        if not np.isfinite(self.count_offset):
+            raise ValueError(f"count_offset must be finite, got {self.count_offset}")
         if self.min_distance < 1:
             raise ValueError(f"min_distance must be at least 1 pixel, got {self.min_distance}")
         if self.tile_size < 64:
@@ -217,7 +227,7 @@ class CountingModel(nn.Module):
     @torch.no_grad()
     def predict_output(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
         """The ``(out_channels, H, W)`` output: the map, then its log-variance if the model has
-        a variance head."""
+        a variance head; with the count calibration applied."""
         from celltally.predict import predict_dihedral, predict_tiled  # they build on this module
 
         tensor = self.prepare(image, source)
@@ -225,9 +235,10 @@ class CountingModel(nn.Module):
         self.eval()
         predict = predict_dihedral if self.config.tta else predict_tiled
         try:
-            return predict(self, tensor, self.config.tile_size, self.tile_margin)
+            output = predict(self, tensor, self.config.tile_size, self.tile_margin)
         finally:
             self.train(was_training)
+        return affine_output(output, self.config.count_gain, self.config.count_offset)
 
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
         """Raw image -> normalised, zero-padded ``(C, H + 2 pad, W + 2 pad)`` float tensor on the
