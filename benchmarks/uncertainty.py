@@ -12,7 +12,9 @@
   protocol; 15 calibration images are too few for a conformal 95% interval, so that level uses
   a Gaussian temperature).
 
-Coverage target: 93-97% of test counts inside the 95% intervals. Results resume
+Count-ception's models from before its recipe calibrated counts (``calibrate_counts``) are
+kept as ``countception-uncalibrated``. Coverage target: 93-97% of test counts inside the 95%
+intervals. Results resume
 (``benchmarks/uncertainty``, committed; fpn_vgg11's training run in its ``runs/``, not).
 Writes the ``uncertainty`` section of benchmarks/RESULTS.md.
 
