@@ -34,10 +34,11 @@ def measure(model_path: Path | str, split: dict) -> dict:
     """Calibrate a model's counts on its validation images; count the test images both ways."""
     model = load_model(model_path)
     samples = {s.name: s for s in load_dataset(default_data_root() / "vgg_cells", "vgg_cells")}
-    true = np.array([len(samples[name].load()[1]) for name in TEST], float)
-    before = np.array([model.count(samples[name].load()[0]) for name in TEST])
+    images, points = zip(*(samples[name].load() for name in TEST), strict=True)
+    true = np.array([len(p) for p in points], float)
+    before = np.array([model.count(image) for image in images])
     calibrate(model, [samples[name] for name in split["val"]], counts=True)
-    after = np.array([model.count(samples[name].load()[0]) for name in TEST])
+    after = np.array([model.count(image) for image in images])
     slope, intercept = np.polyfit(true, before, 1)
     return {
         "arch": model.config.arch,
