@@ -21,6 +21,7 @@ finished.
 
     python benchmarks/countception.py                  # every part, in this order
     python benchmarks/countception.py --part stride    # one part (repeatable)
+    python benchmarks/countception.py --part vgg --draw 1 --threads 1  # one draw per process
     python benchmarks/countception.py --report         # the section from the finished records
 """
 
@@ -67,13 +68,14 @@ PARTS = {
 }
 
 
-def run_part(name: str) -> None:
+def run_part(name: str, draw: int | None = None) -> None:
     part = PARTS[name]
     config = BenchmarkConfig(
         data=part["data"],
         protocol=part["protocol"],
         n=(part["n"],),
         draws=DRAWS,
+        draw=draw,
         methods=("countception",),
     )
     run_benchmark(config, OUT / part["data"], on_record=_print)
@@ -288,13 +290,16 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=[*PARTS, "stride", "batchnorm"], action="append")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--draw", type=int, help="train only this draw of vgg / mbm (one process per draw)"
+    )
     parser.add_argument("--report", action="store_true", help="train nothing; write the section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runners = {"stride": run_strides, "batchnorm": run_batchnorm_variants}
     parts = [] if args.report else args.part or [*PARTS, *runners]
     for part in parts:
-        runners[part]() if part in runners else run_part(part)
+        runners[part]() if part in runners else run_part(part, args.draw)
     text = report()
     write_section("countception", text)
     print(text)

@@ -199,6 +199,16 @@ def test_benchmark_resumes_without_recomputing_finished_draws(small_set, tmp_pat
     assert (tmp_path / "mae_vs_n.png").stat().st_size > 1000
 
 
+def test_benchmark_runs_only_the_chosen_draw(small_set, tmp_path):
+    config = BenchmarkConfig(data=str(small_set), fmt="points", n=(2,), draws=3, draw=1,
+                             test_size=4, methods=("mean",))  # fmt: skip
+    done = []
+    run_benchmark(config, tmp_path, on_record=done.append)
+    assert [r["seed"] for r in done] == [1]
+    with pytest.raises(ValueError, match=r"draw 3 is not one of 0 \.\. 2"):
+        BenchmarkConfig(data=str(small_set), draws=3, draw=3)
+
+
 def test_cli_benchmark_trains_a_network_and_reports(small_set, tmp_path):
     tiny = ["patch_size=32", "batch_size=4", "steps_per_epoch=3", "epochs=1", "finetune_epochs=0"]
     args = ["benchmark", "--data", str(small_set), "--format", "points", "--n", "2"]

@@ -70,6 +70,8 @@ class BenchmarkConfig:
             else every image not drawn).
         n: training-set sizes; each draw also takes N validation images.
         draws: draws per N (seeds 0 .. draws-1).
+        draw: run only this draw (``None``: every one), so that several processes or
+            machines can share one benchmark folder, each training its own draw.
         methods: registry models and baselines (``mean``, ``segmentation``).
         settings: training settings for every network (see ``TrainConfig``); a key naming a
             method holds settings for that method only.
@@ -84,6 +86,7 @@ class BenchmarkConfig:
     test_size: int | None = None
     n: tuple[int, ...] = (32,)
     draws: int = 5
+    draw: int | None = None
     methods: tuple[str, ...] = ("mean", "segmentation", "fcrn_a")
     settings: dict[str, Any] = field(default_factory=dict)
     time_budget: float | None = None
@@ -100,6 +103,8 @@ class BenchmarkConfig:
             raise ValueError("a split file goes with --protocol file, and needs one")
         if self.draws < 1 or not self.n or min(self.n) < 1:
             raise ValueError("need at least one draw and training-set sizes N >= 1")
+        if self.draw is not None and not 0 <= self.draw < self.draws:
+            raise ValueError(f"draw {self.draw} is not one of 0 .. {self.draws - 1} (--draws)")
 
     def train_config(self, method: str, fmt: str, seed: int) -> TrainConfig:
         shared = {k: v for k, v in self.settings.items() if not isinstance(v, dict)}
@@ -126,7 +131,7 @@ def run_benchmark(
         config.train_config(method, fmt, 0)  # bad settings fail now, not hours later
     (out / "records").mkdir(parents=True, exist_ok=True)
     for n in config.n:
-        for seed in range(1 if protocol == "file" else config.draws):
+        for seed in _seeds(config, protocol):
             split = _split(config, samples, fmt, protocol, n, seed)
             for method in config.methods:
                 path = out / "records" / f"{method}_n{n}_seed{seed}.json"
@@ -138,6 +143,11 @@ def run_benchmark(
                 if on_record:
                     on_record(record)
     return write_reports(out, fmt)
+
+
+def _seeds(config: BenchmarkConfig, protocol: str) -> list[int]:
+    seeds = [0] if protocol == "file" else list(range(config.draws))
+    return seeds if config.draw is None else [s for s in seeds if s == config.draw]
 
 
 def _split(config, samples: list[Sample], fmt: str, protocol: str, n: int, seed: int) -> Split:

@@ -510,6 +510,10 @@ def benchmark(
         str, typer.Option(help="Comma-separated models and baselines (mean, segmentation).")
     ] = "mean,segmentation,fcrn_a",
     draws: Annotated[int, typer.Option(help="Random draws per N (seeds 0..draws-1).")] = 5,
+    draw: Annotated[
+        int | None,
+        typer.Option(help="Run only this draw (several processes can share one OUT)."),
+    ] = None,
     protocol: Annotated[
         str | None,
         typer.Option(help="lempitsky (VGG cells), countception, or file (given --split-file)."),
@@ -553,6 +557,7 @@ def benchmark(
             test_size=test_size,
             n=tuple(n or [32]),
             draws=draws,
+            draw=draw,
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
             settings=settings,
             time_budget=time_budget,
