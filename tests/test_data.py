@@ -63,6 +63,25 @@ def test_points_folder_with_every_csv_flavour(tmp_path):
         np.testing.assert_array_equal(sample.load()[1], [[1.0, 30.0], [2.0, 3.0]])
 
 
+def test_points_folder_groups_stay_on_one_side_of_a_split(tmp_path):
+    for index in range(12):
+        imwrite(tmp_path / f"im{index:02d}.png", np.zeros((8, 8), dtype=np.uint8))
+        (tmp_path / f"im{index:02d}.csv").write_text("y,x\n1,1\n")
+    groups = {f"im{i:02d}.png": f"slide{i // 3}" for i in range(12)}
+    pd.DataFrame({"image": list(groups), "group": list(groups.values())}).to_csv(
+        tmp_path / "groups.csv", index=False
+    )
+    samples = load_dataset(tmp_path, "points")
+    assert [s.group for s in samples] == list(groups.values())
+    for seed in range(4):
+        split = protocol_split(samples, "points", 3, 3, seed, "countception")
+        sides = [{s.group for s in part} for part in (split.train, split.val, split.test)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    (tmp_path / "groups.csv").write_text("name,slide\nim00.png,a\n")
+    with pytest.raises(InputError, match=r"groups.csv: needs columns image,group"):
+        load_dataset(tmp_path, "points")
+
+
 def test_csv_without_point_columns_names_the_file(tmp_path):
     (tmp_path / "p.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match=r"p.csv: no point columns"):

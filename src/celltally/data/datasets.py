@@ -8,7 +8,8 @@ Formats:
 - ``adipocyte``: ``images/<name>.jpeg`` + ``annotations/<name>.jpeg`` (lossy red dots: red > 100,
   8-connected blobs).
 - ``points``: a folder of images, each with ``<stem>.csv`` of points beside it (and, for models
-  trained on masks, ``masks/<stem>.png``).
+  trained on masks, ``masks/<stem>.png``); an optional ``groups.csv`` (columns ``image,group``)
+  names images that must stay on one side of a split, e.g. fields of view of one slide.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from celltally.data.images import IMAGE_SUFFIXES, read_image
 from celltally.data.points import check_points_inside, read_dot_image, read_points_csv
@@ -115,15 +117,34 @@ def _adipocyte(root: Path) -> list[Sample]:
 
 
 def _points(root: Path) -> list[Sample]:
+    groups = _groups(root / "groups.csv")
     samples = []
     for image in root.iterdir():
         if image.suffix.lower() in IMAGE_SUFFIXES and image.with_suffix(".csv").exists():
             csv = image.with_suffix(".csv")
             mask = root / "masks" / f"{image.stem}.png"
             samples.append(
-                Sample(image.stem, image, lambda csv=csv: read_points_csv(csv), mask_path=mask)
+                Sample(
+                    image.stem,
+                    image,
+                    lambda csv=csv: read_points_csv(csv),
+                    mask_path=mask,
+                    group=groups.get(image.stem, ""),
+                )
             )
     return samples
+
+
+def _groups(path: Path) -> dict[str, str]:
+    """``groups.csv``'s image stem -> group (none if there is no such file)."""
+    if not path.exists():
+        return {}
+    try:
+        table = pd.read_csv(path, dtype=str)
+        stems = [Path(image).stem for image in table["image"]]
+        return dict(zip(stems, table["group"], strict=True))
+    except (KeyError, ValueError, pd.errors.ParserError) as error:
+        raise InputError(path, f"needs columns image,group ({error})") from None
 
 
 def _dot_pixels(path: Path) -> Callable[[], np.ndarray]:
