@@ -15,6 +15,7 @@ from celltally.losses import gaussian_nll, total_variation
 from celltally.train import with_variance_head
 from celltally.uncertainty import (
     calibrate_counts,
+    calibrated_mae,
     calibration_scores,
     conformal_quantile,
     interval,
@@ -250,6 +251,22 @@ def test_the_count_calibration_applies_to_counts_regions_and_intervals(rng):
     half[:, :20] = True
     region = model.count_interval(calibrated, 0.9, half).count
     assert region == pytest.approx(calibrated[0][half].sum() / model.count_divisor, rel=1e-5)
+
+
+def test_calibrated_mae_leaves_each_image_out_of_its_own_fit(rng):
+    counts, pixels = rng.uniform(50, 150, 12), np.full(12, 4.0)
+    truth = 1.2 * counts - 0.5 * pixels
+    assert calibrated_mae(counts, pixels, truth) == pytest.approx(0.0, abs=1e-9)
+    noisy = truth + rng.normal(0, 3, 12)
+    design = np.column_stack([counts, pixels])
+    in_sample = np.abs(design @ np.linalg.lstsq(design, noisy, rcond=None)[0] - noisy).mean()
+    held_out = [  # by hand: fit on the other 11, correct the one left out
+        abs(design[i] @ np.linalg.lstsq(np.delete(design, i, 0), np.delete(noisy, i), rcond=None)[0]
+            - noisy[i])
+        for i in range(12)
+    ]  # fmt: skip
+    assert calibrated_mae(counts, pixels, noisy) == pytest.approx(np.mean(held_out))
+    assert np.mean(held_out) > in_sample  # an honest estimate is no better than the fit's own
 
 
 def test_count_calibration_refuses_too_few_images_and_a_falling_fit():

@@ -159,11 +159,7 @@ def calibrate_counts(
             f"calibrating counts needs at least {MIN_COUNT_CALIBRATION_IMAGES} annotated images,"
             f" got {len(outputs)}"
         )
-    counts = [model.count_from_map(output[0]) for output in outputs]
-    pixels = [model.count_from_map(np.ones_like(output[0])) for output in outputs]
-    design = np.column_stack([counts, pixels])
-    (gain, offset), *_ = np.linalg.lstsq(design, np.asarray(true_counts, float), rcond=None)
-    gain, offset = float(gain), float(offset)
+    gain, offset = fit_count_calibration(*count_terms(model, outputs), true_counts)
     if not gain > 0:
         raise ValueError(
             f"the counts do not grow with the true counts on these {len(outputs)} images (fitted"
@@ -173,6 +169,39 @@ def calibrate_counts(
     config.count_offset = gain * config.count_offset + offset
     config.count_gain *= gain
     return [affine_output(output, gain, offset) for output in outputs]
+
+
+def count_terms(model, outputs: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per output: its count, and the count of a map of ones of its size (what a unit offset
+    per pixel adds: the outputs' sizes may differ)."""
+    counts = [model.count_from_map(output[0]) for output in outputs]
+    pixels = [model.count_from_map(np.ones_like(output[0])) for output in outputs]
+    return counts, pixels
+
+
+def fit_count_calibration(
+    counts: Sequence[float], pixels: Sequence[float], true_counts: Sequence[float]
+) -> tuple[float, float]:
+    """The gain and per-pixel offset that make ``gain * count + offset * pixels`` best match
+    ``true_counts`` (least squares)."""
+    design = np.column_stack([counts, pixels])
+    (gain, offset), *_ = np.linalg.lstsq(design, np.asarray(true_counts, float), rcond=None)
+    return float(gain), float(offset)
+
+
+def calibrated_mae(
+    counts: Sequence[float], pixels: Sequence[float], true_counts: Sequence[float]
+) -> float:
+    """The MAE the counts would have after the count calibration, estimated by leaving one
+    out: each image corrected by the calibration fitted on the others, so that the fit does
+    not grade its own images."""
+    counts, pixels, truth = (np.asarray(a, float) for a in (counts, pixels, true_counts))
+    errors = []
+    for i in range(len(truth)):
+        others = np.arange(len(truth)) != i
+        gain, offset = fit_count_calibration(counts[others], pixels[others], truth[others])
+        errors.append(abs(gain * counts[i] + offset * pixels[i] - truth[i]))
+    return float(np.mean(errors))
 
 
 def affine_output(output: np.ndarray, gain: float, offset: float) -> np.ndarray:
