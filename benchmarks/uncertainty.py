@@ -13,7 +13,8 @@
   a Gaussian temperature).
 
 Count-ception's models from before its recipe calibrated counts (``calibrate_counts``) are
-kept as ``countception-uncalibrated``. Coverage target: 93-97% of test counts inside the 95%
+kept as ``countception-uncalibrated``, those that kept the epoch with the lowest raw validation
+MAE (before the calibration) as ``countception-raw-selection``. Coverage target: 93-97% of test counts inside the 95%
 intervals. Results resume
 (``benchmarks/uncertainty``, committed; fpn_vgg11's training run in its ``runs/``, not).
 Writes the ``uncertainty`` section of benchmarks/RESULTS.md.
