@@ -665,7 +665,7 @@ def explain_view(
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    density, points = counter.density(output[0]), counter.peaks(output[0])
+    density, points = counter.density(output[0], shape), counter.peaks(output[0])
     stem = image_path.stem
     save_view(out / f"{stem}_view.png", image, density, points, regions, rows)
     if rows:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from celltally.data.images import upsample
 from celltally.models.base import CountingModel
 
 SMOOTHGRAD_NOISE = 0.15  # noise std, a fraction of the normalised image's range
@@ -31,8 +32,8 @@ def saliency(
     copies if ``samples`` > 0). A bad image raises ``InputError`` naming ``source``."""
     model.eval()
     tensor = model.prepare(image, source)[None]
-    height, width = image.shape[:2]
     pad = model.pad
+    height, width = tensor.shape[-2] - 2 * pad, tensor.shape[-1] - 2 * pad
     unpadded = tensor[..., pad : pad + height, pad : pad + width]
     spread = float(unpadded.max() - unpadded.min())
     generator = torch.Generator().manual_seed(seed)
@@ -41,7 +42,8 @@ def saliency(
         for _ in range(samples)
     ] or [tensor]
     total = sum(_count_gradient(model, copy) for copy in copies)
-    return (total[pad : pad + height, pad : pad + width] / len(copies)).numpy()
+    grid = (total[pad : pad + height, pad : pad + width] / len(copies)).numpy()
+    return upsample(grid, model.config.downsample, image.shape[:2])  # per image pixel
 
 
 def _count_gradient(model: CountingModel, tensor: torch.Tensor) -> torch.Tensor:

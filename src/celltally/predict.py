@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from celltally.data.images import read_pages
+from celltally.data.images import read_pages, to_image_points
 from celltally.metrics import count_metrics, detection_metrics
 from celltally.uncertainty import CountInterval
 
@@ -115,7 +115,7 @@ def choose_peak_threshold(
     for output in maps:
         centre_map = model.centre_map(output)
         found = model.local_maxima(centre_map, 0.0)
-        peaks.append(found)
+        peaks.append(to_image_points(found, model.config.downsample))
         values.append(centre_map[tuple(found.astype(int).T)])
     every_value = np.concatenate(values)
     if every_value.size == 0:
@@ -222,6 +222,6 @@ def count_file(model: CountingModel, path: Path, level: float | None = None) -> 
         output = model.predict_output(image, source=str(path))
         page = None if len(pages) == 1 else index
         count, points, bounds = _read_output(model, output, level)
-        density = model.density(output[0])
+        density = model.density(output[0], image.shape[:2])
         results.append(ImageResult(name, path, page, image, density, count, points, bounds))
     return results

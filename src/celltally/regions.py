@@ -88,7 +88,9 @@ def _numbers(text: str, count: int, form: str) -> list[float]:
 
 def region_counts(model, output: np.ndarray, regions: list[Region], level: float | None = None):
     """One row per region: its area, count and, with ``level``, its calibrated interval."""
-    density = model.density(output[0])
+    if not regions:
+        return []
+    density = model.density(output[0], regions[0].mask.shape)
     rows = []
     for region in regions:
         if region.mask.shape != density.shape:

@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from celltally.config import from_dict as config_from_dict
 from celltally.data.datasets import Sample
-from celltally.data.images import to_channels
+from celltally.data.images import downsample, to_channels, to_grid_points
 from celltally.data.patches import N_AUGMENTATIONS, PatchSampler, augment
 from celltally.data.points import atomic_write
 from celltally.losses import LOSSES, gaussian_nll
@@ -89,7 +89,10 @@ class TrainConfig:
             smaller. ``None``: whole masks.
         window_stride: Count-ception: train on (and read) every ``window_stride``-th pixel of the
             count map (1, 2, 4, 8, 16 or 32).
-        patch_size: side of the square training input patches, in pixels (of the padded image).
+        downsample: the network sees the images reduced this many times, in training and at
+            inference (see ``ModelConfig.downsample``: for cells too large for its view).
+        patch_size: side of the square training input patches, in pixels (of the padded image,
+            ``downsample``d).
         per_patch_norm: normalise each patch by its own mean and std (the paper); if false,
             patches keep the normalisation of their whole image, as at inference.
         batch_size: patches per optimiser step.
@@ -137,6 +140,7 @@ class TrainConfig:
     loss: str = "mse"
     variance_head: bool = False
     window_stride: int = 1
+    downsample: int = 1
     counter_crop: int | None = None
     patch_size: int = 100
     per_patch_norm: bool = True
@@ -215,6 +219,7 @@ def train(
         frozen_bn=config.frozen_bn,
         variance_head=config.variance_head,
         window_stride=config.window_stride,
+        downsample=config.downsample,
         sigma=config.sigma,
         scale=config.scale,
     )
@@ -233,13 +238,18 @@ def train(
         _start_from(model, config.init)
     train_data = _load(train_samples, config.in_channels)
     val_images, val_points = _load(val_samples, config.in_channels)
-    smallest = min(min(im.shape[:2]) for im in train_data[0]) + 2 * model.pad
+    grid_images, grid_points = _on_grid(*train_data, config.downsample)
+    smallest = min(min(im.shape[:2]) for im in grid_images) + 2 * model.pad
     patch = min(config.patch_size, smallest)
     if patch <= model.shrink:
         raise ValueError(f"{config.arch} needs patch_size > {model.shrink}, got {patch}")
     rng = np.random.default_rng(config.seed)
-    masks = [s.load_mask() for s in train_samples] if model.trains_on_masks else None
-    sampler = PatchSampler(*train_data, model, rng, config.per_patch_norm, masks)
+    masks = None
+    if model.trains_on_masks:
+        masks = [
+            downsample(s.load_mask().astype(np.float32), config.downsample) for s in train_samples
+        ]
+    sampler = PatchSampler(grid_images, grid_points, model, rng, config.per_patch_norm, masks)
     optimizer = _optimizer(config, model)
     averaged = _weight_average(model, optimizer, config)
     state = _resume(out, model, optimizer, rng, config, averaged)
@@ -261,7 +271,7 @@ def train(
             elif model.trains_on_masks:
                 if counter_masks is None:
                     counter_masks = _predicted_masks(model, train_data[0])
-                loss = _counter_epoch(model, counter_masks, train_data[1], rng, optimizer, config)
+                loss = _counter_epoch(model, counter_masks, grid_points, rng, optimizer, config)
             else:
                 loss = _finetune_epoch(model, sampler, optimizer, config)
             if not np.isfinite(loss):
@@ -301,7 +311,7 @@ def _start_from(model: CountingModel, source: str) -> None:
     trained = load_model(source)
     differ = [
         name
-        for name in ("arch", "in_channels", "batch_norm", "variance_head")
+        for name in ("arch", "in_channels", "batch_norm", "variance_head", "downsample")
         if getattr(trained.config, name) != getattr(model.config, name)
     ]
     if differ:
@@ -478,7 +488,7 @@ def _layer_inputs(model: CountingModel, layer: torch.nn.Module, images, points):
         for image, dots in zip(images, points, strict=True):
             features.clear()
             output = model.forward_padded(model.prepare(image)[None])
-            target = model.training_target(dots, image.shape[:2])
+            target = model.image_target(dots, image.shape[:2])
             height, width = target.shape
             x = features[0][0, :, :height, :width].reshape(layer.in_channels, -1).double()
             ones = torch.ones(1, x.shape[1], dtype=torch.float64)
@@ -491,6 +501,11 @@ def _layer_inputs(model: CountingModel, layer: torch.nn.Module, images, points):
 def _load(samples: list[Sample], channels: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     loaded = [sample.load() for sample in samples]
     return [to_channels(image, channels) for image, _ in loaded], [points for _, points in loaded]
+
+
+def _on_grid(images: list[np.ndarray], points: list[np.ndarray], factor: int):
+    """The images and their dots on the network's grid (``downsample``d ``factor`` times)."""
+    return [downsample(im, factor) for im in images], [to_grid_points(p, factor) for p in points]
 
 
 def _patch_epoch(model, sampler: PatchSampler, optimizer, config: TrainConfig, patch: int) -> float:

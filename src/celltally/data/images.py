@@ -11,6 +11,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+from skimage.transform import downscale_local_mean
 
 from celltally.errors import InputError
 
@@ -76,6 +77,42 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3:
         return image if image.shape[2] == 3 else np.repeat(image[:, :, :1], 3, axis=2)
     raise ValueError(f"models take 1 or 3 channels, not {channels}")
+
+
+def downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` (``(H, W)`` or ``(H, W, C)``) reduced ``factor`` times: the mean of each
+    ``factor`` x ``factor`` block, the last row and column of blocks completed by repeating the
+    edge pixels (``ceil(H / factor)`` x ``ceil(W / factor)`` pixels out)."""
+    if factor == 1:
+        return image
+    height, width = image.shape[:2]
+    pad = [(0, -height % factor), (0, -width % factor)] + [(0, 0)] * (image.ndim - 2)
+    blocks = (factor, factor) + (1,) * (image.ndim - 2)
+    return downscale_local_mean(np.pad(image, pad, mode="edge"), blocks).astype(np.float32)
+
+
+def upsample(
+    grid_map: np.ndarray, factor: int, shape: tuple[int, int] | None = None, share: bool = True
+) -> np.ndarray:
+    """A map of a ``downsample``d image back on the image's pixels, cropped to ``shape``
+    (default: the whole blocks). ``share``: each grid pixel's value is shared equally by the
+    ``factor`` x ``factor`` pixels it covers, so sums are kept (counts); else it is repeated."""
+    if factor == 1:
+        return grid_map
+    spread = grid_map.repeat(factor, axis=0).repeat(factor, axis=1)
+    spread = spread / np.float32(factor**2) if share else spread
+    return spread if shape is None else spread[: shape[0], : shape[1]]
+
+
+def to_grid_points(points: np.ndarray, factor: int) -> np.ndarray:
+    """``(N, 2)`` pixel coordinates of an image in those of its ``downsample``d grid (pixel
+    centre ``factor * i + (factor - 1) / 2`` becomes ``i``)."""
+    return (points + 0.5) / factor - 0.5
+
+
+def to_image_points(points: np.ndarray, factor: int) -> np.ndarray:
+    """The inverse of ``to_grid_points``."""
+    return (points + 0.5) * factor - 0.5
 
 
 def find_images(paths: list[str]) -> list[Path]:

@@ -23,10 +23,19 @@ import torch.nn.functional as F
 from skimage.feature import peak_local_max
 from torch import nn
 
-from celltally.data.images import as_image, to_channels
+from celltally.data.images import (
+    as_image,
+    downsample,
+    to_channels,
+    to_grid_points,
+    to_image_points,
+    upsample,
+)
 from celltally.errors import InputError
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
 from celltally.uncertainty import CountInterval, affine_output, check_intervals, interval
+
+MAX_DOWNSAMPLE = 8
 
 
 @dataclass
@@ -42,6 +51,12 @@ class ModelConfig:
             which makes it a learned affine layer (the original Count-ception training).
         window_stride: Count-ception reads every ``window_stride``-th pixel of its count map
             (1, 2, 4, 8, 16 or 32), where each cell is counted (32 / stride)^2 times.
+        downsample: the network sees images reduced this many times (means of ``downsample`` x
+            ``downsample`` blocks), in training and at inference; counts, centres, densities and
+            region counts are given on the image's own pixels. For cells too large for the
+            network's view: MBM's nuclei (~20 px wide, 27 px apart) fill Count-ception's 32x32
+            window at 1, and at 2 its test MAE fell from 15.05 / 13.68 to 9.53 / 6.70 (draws 0
+            and 2, N = 15).
         sigma: width in pixels of the Gaussian per dot in the training target.
         scale: the target is ``scale`` x the density; the count is the map's sum / ``scale``.
         variance_head: a second output channel predicts each pixel's log-variance (its
@@ -66,6 +81,7 @@ class ModelConfig:
     batch_norm: bool = False
     frozen_bn: bool = False
     window_stride: int = 1
+    downsample: int = 1
     variance_head: bool = False
     conformal_scores: list[float] = field(default_factory=list)
     sigma: float = DEFAULT_SIGMA
@@ -86,6 +102,11 @@ class ModelConfig:
         if self.window_stride < 1 or WINDOW % self.window_stride:
             raise ValueError(
                 f"window_stride must divide {WINDOW} (1, 2, 4, 8, 16, 32), got {self.window_stride}"
+            )
+        if not 1 <= self.downsample <= MAX_DOWNSAMPLE:
+            raise ValueError(
+                f"downsample must be a whole factor from 1 to {MAX_DOWNSAMPLE}, got"
+                f" {self.downsample}"
             )
         if not (np.isfinite(self.count_gain) and self.count_gain > 0):
             raise ValueError(f"count_gain must be positive, got {self.count_gain}")
@@ -184,22 +205,36 @@ class CountingModel(nn.Module):
         boolean mask), the count and interval of that region only."""
         check_intervals(self, level)
         if region is not None:
-            if region.shape != output.shape[1:] or self.shrink:
+            if self.shrink:
                 raise ValueError(
-                    f"a region must be a mask of the image's {output.shape[1:]} pixels, and"
-                    f" {self.config.arch} must output an image-sized map"
+                    f"{self.config.arch} gives no region intervals: its map is not image-sized"
+                )
+            output = self._on_image_pixels(output, region.shape)
+            if region.shape != output.shape[1:]:
+                raise ValueError(
+                    f"a region must be a mask of the image's {output.shape[1:]} pixels, got"
+                    f" {region.shape}"
                 )
             output = np.where(region, output, [[[0.0]], [[-np.inf]]])  # outside: no count
         count, sigma = self.count_from_map(output[0]), self.count_sigma(output[1])
         return interval(count, sigma, self.config.conformal_scores, level)
 
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """The map the network learns to output for an image of ``shape`` with ``points``."""
+        """The map the network learns to output for an input of ``shape`` with ``points``
+        (both on the network's grid: see ``image_target``)."""
         return density_map(points, shape, self.config.sigma, self.config.scale)
 
-    def density(self, output: np.ndarray) -> np.ndarray:
-        """Cells per pixel at the image's resolution, summing to the count."""
-        return output / np.float32(self.count_divisor)
+    def image_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The training target of an image of ``shape`` with ``points``, on the pixels of the
+        network's (``downsample``d) grid."""
+        factor = self.config.downsample
+        grid_shape = (-(-shape[0] // factor), -(-shape[1] // factor))
+        return self.training_target(to_grid_points(points, factor), grid_shape)
+
+    def density(self, output: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Cells per pixel on the image's pixels (cropped to its ``shape``, needed when
+        ``downsample`` does not divide it), summing to the count."""
+        return upsample(output / np.float32(self.count_divisor), self.config.downsample, shape)
 
     def centre_map(self, output: np.ndarray) -> np.ndarray:
         """The image-sized map whose local maxima are the centres (the output itself here)."""
@@ -207,8 +242,9 @@ class CountingModel(nn.Module):
 
     def peaks(self, output: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Local maxima of ``centre_map(output)`` at least ``min_distance`` apart and above
-        the threshold."""
-        return self.local_maxima(self.centre_map(output), threshold)
+        the threshold, in the image's pixel coordinates."""
+        found = self.local_maxima(self.centre_map(output), threshold)
+        return to_image_points(found, self.config.downsample)
 
     def local_maxima(self, centre_map: np.ndarray, threshold: float | None = None) -> np.ndarray:
         threshold = self.config.peak_threshold if threshold is None else threshold
@@ -241,19 +277,33 @@ class CountingModel(nn.Module):
         return affine_output(output, self.config.count_gain, self.config.count_offset)
 
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
-        """Raw image -> normalised, zero-padded ``(C, H + 2 pad, W + 2 pad)`` float tensor on the
-        model's device."""
+        """Raw image -> ``downsample``d, normalised, zero-padded ``(C, h + 2 pad, w + 2 pad)``
+        float tensor on the model's device."""
         image = to_channels(as_image(image, source), self.config.in_channels)
         height, width = image.shape[:2]
-        if min(height, width) < self.min_size:
+        factor = self.config.downsample
+        if min(height, width) < self.min_size * factor:
             raise InputError(
                 source,
                 f"image of {height}x{width} pixels is smaller than the"
-                f" {self.min_size}x{self.min_size}"
-                f" minimum of {self.config.arch}",
+                f" {self.min_size * factor}x{self.min_size * factor} minimum of"
+                f" {self.config.arch}" + (f" at downsample {factor}" if factor > 1 else ""),
             )
+        image = downsample(image, factor)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return self.network_input(tensor).to(self.device)
+
+    def _on_image_pixels(self, output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """An image-sized ``(2, h, w)`` output (map, log-variance) of a ``downsample``d image on
+        the image's ``shape`` pixels: each grid pixel's count and variance shared by its block."""
+        factor = self.config.downsample
+        if factor == 1:
+            return output
+        grid_map, log_variance = output
+        log_share = upsample(log_variance, factor, shape, share=False) - np.float32(
+            2 * np.log(factor)
+        )
+        return np.stack([upsample(grid_map, factor, shape), log_share])
 
     def network_input(self, image: torch.Tensor) -> torch.Tensor:
         """A ``(C, H, W)`` image normalised and zero-padded by ``pad``, as the network sees it."""

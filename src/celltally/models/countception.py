@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from celltally.data.images import upsample
 from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
 from celltally.models.registry import register_model
 from celltally.targets import WINDOW, count_map, window_sums, window_sums_adjoint
@@ -262,12 +263,14 @@ class CountCeption(CountingModel):
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return count_map(points, shape)
 
-    def density(self, output: np.ndarray) -> np.ndarray:
+    def density(self, output: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The dot density the count map is the window sums of (Richardson-Lucy deconvolution),
-        scaled to sum to the count."""
+        scaled to sum to the count, on the image's pixels (see ``CountingModel.density``)."""
         density = self._deconvolved(output)
         total = density.sum(dtype=np.float64)
-        return density * np.float32(self.count_from_map(output) / total) if total > 0 else density
+        if total > 0:
+            density = density * np.float32(self.count_from_map(output) / total)
+        return upsample(density, self.config.downsample, shape)
 
     def centre_map(self, output: np.ndarray) -> np.ndarray:
         return gaussian_filter(self._deconvolved(output), CENTRE_SMOOTHING)
