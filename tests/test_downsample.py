@@ -102,7 +102,9 @@ def test_training_at_half_resolution_learns_and_keeps_the_setting(tmp_path):
     torch.manual_seed(config.seed)
     untrained = create_model("fcrn_a", downsample=2, sigma=1.0)
     truth = [len(s.load()[1]) for s in split.val]
-    start = np.mean([abs(untrained.count(s.load()[0]) - t) for s, t in zip(split.val, truth)])
+    start = np.mean(
+        [abs(untrained.count(s.load()[0]) - t) for s, t in zip(split.val, truth, strict=True)]
+    )
     trained = train(config, split.train, split.val, tmp_path, progress=False)
     assert trained.config.training["best_val_mae"] < 0.5 * start
     reloaded = load_model(tmp_path)
