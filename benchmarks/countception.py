@@ -40,12 +40,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-from skimage.transform import downscale_local_mean
 
 from celltally import load_model
 from celltally.benchmark import BenchmarkConfig, load_records, run_benchmark, summarise
 from celltally.data import default_data_root, load_dataset, protocol_split
-from celltally.data.images import to_channels
+from celltally.data.images import downsample, to_channels, to_grid_points
 from celltally.data.points import write_points_csv
 from celltally.models.countception import CountCeption
 from results import COUNTCEPTION_OUT, write_section
@@ -118,9 +117,8 @@ def half_resolution_mbm(folder: Path) -> Path:
     samples = load_dataset(default_data_root() / "mbm", "mbm")
     for sample in samples:
         image, points = sample.load()
-        small = downscale_local_mean(image, (2, 2, 1)).round().astype(np.uint8)
-        iio.imwrite(folder / f"{sample.name}.png", small)
-        write_points_csv(folder / f"{sample.name}.csv", (points - 0.5) / 2)
+        iio.imwrite(folder / f"{sample.name}.png", downsample(image, 2).round().astype(np.uint8))
+        write_points_csv(folder / f"{sample.name}.csv", to_grid_points(points, 2))
     groups = "".join(f"{s.name}.png,{s.group}\n" for s in samples)
     (folder / "groups.csv").write_text(f"image,group\n{groups}")  # quadrants of one image
     (folder / "complete").touch()
