@@ -9,6 +9,7 @@ import torch
 from celltally import create_model
 from celltally.models.fpn_vgg11 import (
     CELL,
+    MASK_MIN_LOG_VARIANCE,
     FeaturePyramid,
     VGG11Counter,
     count_loss,
@@ -68,6 +69,11 @@ def test_the_losses_by_hand():
     outputs = [torch.zeros(1, 2, 8 // 2**k, 8 // 2**k) for k in range(4)]
     expected = 4 * 0.5 * 0.5**2  # each scale: (1 - 0.5)^2 / 2, total variation 0
     assert segmentation_loss(outputs, mask).item() == pytest.approx(expected)
+    outputs[0][:, 1] = -50.0  # a confident finest scale costs as the floor's variance does
+    floor = np.exp(MASK_MIN_LOG_VARIANCE)
+    at_floor = 0.5**2 / (2 * floor) + MASK_MIN_LOG_VARIANCE / 2
+    by_hand = at_floor + 3 * 0.5 * 0.5**2
+    assert segmentation_loss(outputs, mask).item() == pytest.approx(by_hand, rel=1e-5)
     cells = torch.zeros(1, 2, 2, 2)
     cells[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # count 10, variance 4 x e^0 = 4
     by_hand = (7.0 - 10.0) ** 2 / (2 * 4.0) + np.log(4.0) / 2
@@ -118,13 +124,14 @@ def test_segmenter_then_counter_training_on_synthetic_masks(tmp_path):
     from celltally.train import TrainConfig, train
 
     cells = preset("bbbc005", height=96, width=128, count_range=(5, 20), radius=8.0)
-    samples = synth_samples(cells, 12, seed=0)
+    samples = synth_samples(cells, 13, seed=0)
     settings = {"epochs": 2, "steps_per_epoch": 6, "finetune_epochs": 3, "batch_size": 4}
     config = TrainConfig.from_dict(
         {"arch": "fpn_vgg11", "in_channels": 3, "bf16": False, **settings}
     )
     model = train(config, samples[:8], samples[8:], tmp_path, progress=False)
     history = model.config.training
-    assert history["epochs_run"] == 5 and len(model.config.conformal_scores) == 4
+    assert history["epochs_run"] == 5 and len(model.config.conformal_scores) == 5
+    assert model.config.count_gain != 1.0  # the recipe calibrates the counts on validation
     bounds = model.count(samples[8].load()[0], ci=0.5)
     assert bounds.low <= max(bounds.count, 0.0) <= bounds.high

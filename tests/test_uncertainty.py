@@ -54,6 +54,15 @@ def test_gaussian_nll_stays_finite_for_extreme_log_variances():
     assert torch.isfinite(loss)
 
 
+def test_a_log_variance_below_the_floor_costs_as_the_floor_and_gets_no_gradient():
+    log_var = torch.tensor([-30.0, -5.0], requires_grad=True)
+    loss = gaussian_nll(torch.zeros(2), log_var, torch.full((2,), 0.1), min_log_variance=-9.0)
+    by_hand = (0.01 / 2 * np.exp(9.0) - 9.0 / 2 + 0.01 / 2 * np.exp(5.0) - 5.0 / 2) / 2
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    loss.backward()
+    assert log_var.grad[0] == 0.0 and log_var.grad[1] != 0.0
+
+
 def test_total_variation_by_hand():
     maps = torch.tensor([[[[0.0, 1.0], [3.0, 1.0]]]])
     # vertical |3-0|, |1-1| -> mean 1.5; horizontal |1-0|, |1-3| -> mean 1.5
@@ -109,6 +118,7 @@ def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
     points = [rng.uniform(0, 48, (int(rng.integers(5, 15)), 2)) for _ in range(3)]
     model = create_model("fcrn_a").eval()
     fitted = with_variance_head(model, images, points).eval()
+    fitted.config.log_variance_range = None  # the likelihood's optimum, before its clipping
     scaled = []
     for image, dots in zip(images, points, strict=True):
         output = fitted.predict_output(image)
@@ -117,6 +127,20 @@ def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
         scaled.append(residual.astype(np.float64) ** 2 * np.exp(-output[1].astype(np.float64)))
     assert np.mean(scaled) == pytest.approx(1.0, abs=1e-3)
     assert fitted.config.variance_head and not model.config.variance_head
+
+
+def test_a_fitted_variance_head_is_clipped_to_the_quantiles_of_its_fitted_values():
+    rng = np.random.default_rng(1)
+    images = [rng.random((64, 64)).astype(np.float32) for _ in range(2)]
+    points = [rng.uniform(0, 64, (10, 2)) for _ in range(2)]
+    fitted = with_variance_head(create_model("fcrn_a").eval(), images, points).eval()
+    low, high = fitted.config.log_variance_range
+    clipped = np.concatenate([fitted.predict_output(image)[1].ravel() for image in images])
+    fitted.config.log_variance_range = None
+    raw = np.concatenate([fitted.predict_output(image)[1].ravel() for image in images])
+    outside = (raw < low) | (raw > high)
+    assert 0 < outside.mean() < 0.01  # all pixels were fitted: 0.1% beyond each quantile
+    assert np.array_equal(clipped, np.clip(raw, low, high))
 
 
 def test_intervals_are_ordered_and_never_negative():

@@ -18,11 +18,17 @@ LOG_VARIANCE_LIMIT = 20.0  # |log sigma^2| is clamped here: exp(20) ~ 5e8 keeps 
 
 
 def gaussian_nll(
-    prediction: torch.Tensor, log_variance: torch.Tensor, target: torch.Tensor
+    prediction: torch.Tensor,
+    log_variance: torch.Tensor,
+    target: torch.Tensor,
+    min_log_variance: float = -LOG_VARIANCE_LIMIT,
 ) -> torch.Tensor:
     """Mean over elements of ``(target - prediction)^2 / (2 sigma^2) + log(sigma^2) / 2``, with
-    ``log sigma^2`` clamped to +-``LOG_VARIANCE_LIMIT`` (the constant log(2 pi) / 2 omitted)."""
-    log_variance = log_variance.clamp(-LOG_VARIANCE_LIMIT, LOG_VARIANCE_LIMIT)
+    ``log sigma^2`` clamped to ``[min_log_variance, LOG_VARIANCE_LIMIT]`` (the constant log(2 pi)
+    / 2 omitted). Where targets can be matched exactly (a sigmoid saturating on a binary mask)
+    the likelihood pushes the variance towards 0 there, and one later error costs ``r^2 /
+    (2 sigma^2)``: ``min_log_variance`` bounds that."""
+    log_variance = log_variance.clamp(min_log_variance, LOG_VARIANCE_LIMIT)
     squared = (target - prediction) ** 2
     return (0.5 * squared * torch.exp(-log_variance) + 0.5 * log_variance).mean()
 

@@ -57,6 +57,8 @@ REFIT_IMAGES = 64
 # Random pixels per image for fitting the variance head (its ~33-65 unknowns): enough, and
 # the fit stays within a few hundred MB on 64 Count-ception images.
 VARIANCE_PIXELS = 2**15
+# A fitted variance head is clipped to these quantiles of its values on the pixels it was fitted on.
+LOG_VARIANCE_QUANTILES = (0.001, 0.999)
 # Batches of an epoch over which a counter's BatchNorm statistics are averaged after it.
 STATISTICS_BATCHES = 32
 
@@ -460,6 +462,8 @@ def fit_variance_head(
         scaled = weight / std[:, 0]
         layer.weight.copy_(scaled.reshape(layer.weight.shape))
         layer.bias.copy_((bias - scaled @ mean[:, 0]).reshape(1))
+        fitted = (weight @ z + bias).numpy()
+    model.config.log_variance_range = np.quantile(fitted, LOG_VARIANCE_QUANTILES).tolist()
 
 
 def with_variance_head(

@@ -64,6 +64,12 @@ class ModelConfig:
             intervals (see ``celltally.uncertainty``).
         conformal_scores: calibration: |count - true| / predicted std on validation images,
             sorted; set by training or ``celltally calibrate``.
+        log_variance_range: ``[low, high]``: a fitted variance head's log-variance is clipped to
+            the 0.1% and 99.9% quantiles of its values on the pixels it was fitted on
+            (``fit_variance_head`` sets it). The head is linear in its features and a few
+            pixels barely move its likelihood: on MBM some reached 25 (a variance of e^25),
+            against 2 for 99% of pixels, and decided their image's interval. ``None``: no
+            clipping.
         count_gain, count_offset: the count calibration: the network's map becomes
             ``count_gain * map + count_offset`` (its log-variance follows), fitted on
             validation images by ``TrainConfig.calibrate_counts`` or ``celltally calibrate
@@ -84,6 +90,7 @@ class ModelConfig:
     downsample: int = 1
     variance_head: bool = False
     conformal_scores: list[float] = field(default_factory=list)
+    log_variance_range: list[float] | None = None
     sigma: float = DEFAULT_SIGMA
     scale: float = DEFAULT_SCALE
     count_gain: float = 1.0
@@ -112,6 +119,11 @@ class ModelConfig:
             raise ValueError(f"count_gain must be positive, got {self.count_gain}")
         if not np.isfinite(self.count_offset):
             raise ValueError(f"count_offset must be finite, got {self.count_offset}")
+        bounds = self.log_variance_range
+        if bounds is not None and not (
+            len(bounds) == 2 and np.isfinite(bounds).all() and bounds[0] <= bounds[1]
+        ):
+            raise ValueError(f"log_variance_range must be [low, high], got {bounds}")
         if self.min_distance < 1:
             raise ValueError(f"min_distance must be at least 1 pixel, got {self.min_distance}")
         if self.tile_size < 64:
@@ -274,6 +286,8 @@ class CountingModel(nn.Module):
             output = predict(self, tensor, self.config.tile_size, self.tile_margin)
         finally:
             self.train(was_training)
+        if self.config.log_variance_range is not None:
+            np.clip(output[1:], *self.config.log_variance_range, out=output[1:])
         return affine_output(output, self.config.count_gain, self.config.count_offset)
 
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
