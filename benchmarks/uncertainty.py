@@ -17,9 +17,8 @@
 The models from before their recipe calibrated counts (``calibrate_counts``) are kept as
 ``countception-uncalibrated`` and ``fpn_vgg11-uncalibrated``, fpn_vgg11's from before its
 segmenter's loss floored the mask's variance as ``fpn_vgg11-no-mask-variance-floor``,
-Count-ception's that kept the
-epoch with the lowest raw validation MAE (before the calibration) as
-``countception-raw-selection``. Coverage target: 93-97% of test counts inside the 95%
+Count-ception's that kept the epoch with the lowest raw validation MAE (before the
+calibration) as ``countception-raw-selection``. Coverage target: 93-97% of test counts inside the 95%
 intervals. Results resume (``benchmarks/uncertainty``, committed; fpn_vgg11's training run in
 its ``runs/``, not). Writes the ``uncertainty`` section of benchmarks/RESULTS.md.
 
@@ -36,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
 from celltally import load_model
 from celltally.benchmark import load_records
@@ -44,7 +42,7 @@ from celltally.data import default_data_root, load_dataset
 from celltally.data.synth import preset, synth_samples
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train, with_variance_head
-from celltally.uncertainty import calibrate, reliability
+from celltally.uncertainty import calibrate, gaussian_temperature, reliability
 from results import COUNTCEPTION_OUT, TABLES_OUT, write_section
 
 OUT = Path(__file__).with_name("uncertainty")
@@ -187,10 +185,10 @@ def pooled_coverage(results: list[tuple[str, str, dict]]) -> list[str]:
 
 def temperature_coverage(r: dict) -> str:
     """The 95% coverage the test images would have with a Gaussian temperature fitted to the
-    same calibration scores (``z sqrt(mean(score^2))``) in place of the conformal quantile."""
+    same calibration scores in place of the conformal quantile."""
     if "images" not in r:
         return "—"
-    half = norm.ppf(0.5 + LEVEL / 2) * np.sqrt(np.mean(np.square(r["conformal_scores"])))
+    half = gaussian_temperature(r["conformal_scores"], LEVEL)
     covered = [abs(row["count"] - row["true"]) <= half * row["sigma"] for row in r["images"]]
     return f"{np.mean(covered):.1%}"
 
@@ -210,8 +208,8 @@ def report() -> str:
         "### Count intervals: coverage on new images",
         "",
         "Command: `python benchmarks/uncertainty.py` (parts `--part fpn`, `--part vgg`,"
-        f" `--part mbm`, `--part mbm_half`). Intervals at {LEVEL:.0%}, calibrated by split conformal prediction on"
-        " images the model was not trained on (`celltally.uncertainty`): fpn_vgg11's own"
+        f" `--part mbm`, `--part mbm_half`). Intervals at {LEVEL:.0%}, calibrated by split"
+        " conformal prediction on images the model was not trained on (`celltally.uncertainty`): fpn_vgg11's own"
         " calibration set, the validation images of the others. Target coverage: 93-97%. FCRN-A and"
         " Count-ception: the models of the published-table benchmarks, each given a variance"
         " head fitted on its own training images. With n calibration images the conformal 95%"

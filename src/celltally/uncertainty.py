@@ -106,8 +106,13 @@ def score_quantile(scores: Sequence[float], level: float) -> float:
         raise ValueError(NOT_CALIBRATED)
     if len(scores) >= min_calibration_images(level):
         return conformal_quantile(scores, level)
-    temperature = norm.ppf(0.5 + level / 2) * np.sqrt(np.mean(np.square(scores)))
-    return float(max(temperature, np.max(scores)))
+    return max(gaussian_temperature(scores, level), float(np.max(scores)))
+
+
+def gaussian_temperature(scores: Sequence[float], level: float) -> float:
+    """The multiple of sigma of a central ``level`` interval if the scaled errors were Gaussian
+    with the calibration ``scores``' mean square: ``z_L sqrt(mean(score^2))``."""
+    return float(norm.ppf(0.5 + level / 2) * np.sqrt(np.mean(np.square(scores))))
 
 
 def calibration_scores(
