@@ -137,7 +137,8 @@ def run_table(name: str) -> None:
                 print(f"skipped: {run} (the trained model is not on this machine; rerun its table)")
                 continue
             model = load_model(run)
-            model.config.downsample = table.get("downsample", 1)
+            if "downsample" in table:  # trained on a reduced copy: read the originals reduced
+                model.config.downsample = table["downsample"]
             part = {k: [samples[name] for name in names] for k, names in record["split"].items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(calibrated_result(model, part), indent=2))
