@@ -248,7 +248,7 @@ def report() -> str:
         " no guarantee. Fitted heads are clipped to the 0.1-99.9% quantiles of their fitted"
         ' values (`ModelConfig.log_variance_range`); rows marked "not clipped" were measured'
         " before that, with models no longer on this machine. FCRN-A's models were trained again"
-        " from the table records on 2026-12-07 (`retrain`: same splits, settings and seeds), so"
+        " on 2026-12-07 with the table records' splits, settings and seeds (as `retrain` does), so"
         " their MAE differs from the published table's by the run-to-run spread; with their"
         " earlier models, unclipped, FCRN-A covered 100% of 300 VGG and of 14 MBM test counts"
         " (one MBM draw). Without the clip (measured"
