@@ -41,6 +41,7 @@ import torch
 from celltally import load_model
 from celltally.benchmark import load_records
 from celltally.data import default_data_root, load_dataset
+from celltally.data.splits import Split
 from celltally.data.synth import preset, synth_samples
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train, with_variance_head
@@ -153,14 +154,11 @@ def retrain(record: dict, split: dict[str, list], run: Path, table: dict):
     copies (the table names a ``downsample``) is retrained on the originals, reduced."""
     print(f"training {run} again from its record", flush=True)
     settings = record["settings"] | {"downsample": table.get("downsample", 1)}
-    provenance = {
-        "data": str(default_data_root() / table["data"]),
-        "format": table["data"],
-        "protocol": record["protocol"],
-        "seed": record["seed"],
-        "split": {part: record["split"][part] for part in ("train", "val")},
-    }
-    return train(TrainConfig.from_dict(settings), split["train"], split["val"], run, provenance)
+    data = Split(**split, protocol=record["protocol"])
+    provenance = data.record(
+        str(default_data_root() / table["data"]), table["data"], record["seed"]
+    )
+    return train(TrainConfig.from_dict(settings), data.train, data.val, run, provenance)
 
 
 def calibrated_result(model, split: dict[str, list]) -> dict:
