@@ -6,7 +6,8 @@ from celltally import create_model, load_model, save_model
 from celltally.errors import InputError
 from celltally.metrics import detection_metrics
 from celltally.models import bundled_models, model_hash
-from celltally.predict import DIHEDRAL, choose_peak_threshold, moved, to_image_frame
+from celltally.models.inference import DIHEDRAL, moved, to_image_frame
+from celltally.predict import choose_peak_threshold
 from celltally.targets import density_map
 
 

@@ -36,7 +36,6 @@ from celltally.explain import invert, layer_table, saliency, unpadded
 from celltally.metrics import DETECTION_RADIUS
 from celltally.models import (
     DEFAULT_MODEL,
-    CountingModel,
     bundled_models,
     list_models,
     load_model,
@@ -95,15 +94,26 @@ LevelOption = Annotated[
 ]
 
 
-def _loaded(model: str, tta: bool) -> CountingModel:
-    """The model, with test-time augmentation switched on if asked (else as saved)."""
-    counter = load_model(model)
-    counter.config.tta = counter.config.tta or tta
-    return counter
-
-
 def fail(message: str) -> None:
     errors.print(f"[red]error:[/] {message}", soft_wrap=True)
+
+
+DiameterOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Cell diameter in pixels; images are rescaled to the model's. Default: estimated"
+        " per image (models that record their training diameter).",
+        min=0.5,
+    ),
+]
+ChannelOption = Annotated[
+    int | None,
+    typer.Option(
+        help="The channel holding the cells (0-based). Default: grey as is, colour histology"
+        " as colour, the blue (RGB) or first channel of a fluorescence composite.",
+        min=0,
+    ),
+]
 
 
 @app.command()
@@ -117,23 +127,27 @@ def count(
     ci: IntervalOption = False,
     level: LevelOption = DEFAULT_LEVEL,
     tta: TTAOption = False,
+    diameter: DiameterOption = None,
+    channel: ChannelOption = None,
 ) -> None:
     """Count cells per image: counts.csv, points/, density/, overlays/ and run.json in OUT."""
     try:
         files = find_images(paths)
         if not files:
             raise InputError(" ".join(paths), "no images found (PNG, JPEG, TIFF or BMP)")
-        counter = _loaded(model, tta)
+        counter = load_model(model)
         if ci:
             check_intervals(counter, level)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
+    options = {"diameter": diameter, "channel": channel, "tta": tta or None}
+    options["ci"] = level if ci else None
     rows, failed = [], 0
     names: set[str] = set()
     for path in track(files, description="counting", console=errors, transient=True):
         try:
-            results = count_file(counter, path, level if ci else None)
+            results = count_file(counter, path, **options)
         except InputError as error:
             fail(str(error))
             failed += 1
@@ -141,13 +155,8 @@ def count(
         for result in results:
             result.name = _unique(result.name, names)
             _write_outputs(out, result, overlays)
-            row = {"image": result.label, "count": round(result.count, 3)}
-            if result.interval is not None:
-                bounds = result.interval
-                row |= {"ci_low": bounds.low, "ci_high": bounds.high, "std": bounds.std}
-            rows.append(row | {"n_points": len(result.points), "model": model})
-    columns = ["image", "count", *(["ci_low", "ci_high", "std"] if ci else []), "n_points", "model"]
-    table = pd.DataFrame(rows, columns=columns).round(3)
+            rows.append(_count_row(result, model))
+    table = pd.DataFrame(rows, columns=_count_columns(ci)).round(3)
     atomic_write(out / "counts.csv", lambda tmp: table.to_csv(tmp, index=False))
     record = {
         "command": "count",
@@ -158,6 +167,7 @@ def count(
         "model_config": counter.config.to_dict(),
         "images": len(rows),
         "failed": failed,
+        "flagged": int((table["warning"] != "").sum()),
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -168,15 +178,37 @@ def count(
         raise typer.Exit(1)
 
 
+def _count_columns(ci: bool) -> list[str]:
+    intervals = ["ci_low", "ci_high", "std"] if ci else []
+    return ["image", "count", *intervals, "n_points", "diameter", "scale", "warning", "model"]
+
+
+def _count_row(result: ImageResult, model: str) -> dict:
+    """``counts.csv``'s row of one counted image."""
+    found = result.prediction
+    row = {"image": result.label, "count": round(found.count, 3)}
+    if found.interval is not None:
+        bounds = found.interval
+        row |= {"ci_low": bounds.low, "ci_high": bounds.high, "std": bounds.std}
+    return row | {
+        "n_points": found.n_points,
+        "diameter": found.diameter,
+        "scale": found.scale,
+        "warning": "; ".join(found.warnings),
+        "model": model,
+    }
+
+
 def _write_outputs(out: Path, result: ImageResult, overlays: bool) -> None:
-    write_points_csv(out / "points" / f"{result.name}.csv", result.points)
+    found = result.prediction
+    write_points_csv(out / "points" / f"{result.name}.csv", found.points)
     atomic_write(
         out / "density" / f"{result.name}.tif",
-        lambda tmp: tifffile.imwrite(tmp, result.density.astype(np.float32)),
+        lambda tmp: tifffile.imwrite(tmp, found.density.astype(np.float32)),
     )
     if overlays:
         save_overlay(
-            out / "overlays" / f"{result.name}.png", result.image, result.points, result.count
+            out / "overlays" / f"{result.name}.png", result.image, found.points, found.count
         )
 
 
@@ -191,16 +223,30 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _print_counts(table: pd.DataFrame, out: Path) -> None:
     view = Table(title=f"cell counts (written to {out})")
-    for column in ("image", "count", "n_points"):
+    for column in ("image", "count", "n_points", "diameter"):
         view.add_column(column, justify="left" if column == "image" else "right")
     for row in table.itertuples():
-        view.add_row(row.image, f"{row.count:.1f}", str(row.n_points))
+        size = "" if pd.isna(row.diameter) else f"{row.diameter:.1f}"
+        view.add_row(
+            row.image + (" [yellow]![/]" if row.warning else ""),
+            f"{row.count:.1f}",
+            str(row.n_points),
+            size,
+        )
     if len(table) > 1:
         view.add_section()
         view.add_row(
-            f"{len(table)} images", f"{table['count'].sum():.1f}", str(table["n_points"].sum())
+            f"{len(table)} images", f"{table['count'].sum():.1f}", str(table["n_points"].sum()), ""
         )
     console.print(view)
+    flagged = table[table["warning"] != ""]
+    for row in flagged.itertuples():
+        errors.print(f"[yellow]warning:[/] {row.image}: {row.warning}", soft_wrap=True)
+    if len(flagged):
+        errors.print(
+            f"{len(flagged)} of {len(table)} image(s) flagged: their counts may be less"
+            " trustworthy (the warning column of counts.csv says why)"
+        )
 
 
 @app.command()
@@ -350,12 +396,12 @@ def evaluate(
     """Count MAE, RMSE, relative error and detection precision / recall / F1 on annotated images;
     with --ci, the coverage and mean width of the count intervals."""
     try:
-        counter = _loaded(model, tta)
+        counter = load_model(model)
         if ci:
             check_intervals(counter, level)
         root, fmt = resolve_data(data, fmt)
         samples = _evaluation_set(load_dataset(root, fmt), fmt, subset, counter.config.training)
-        metrics = evaluate_model(counter, samples, radius, level if ci else None)
+        metrics = evaluate_model(counter, samples, radius, level if ci else None, tta=tta or None)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
@@ -404,7 +450,8 @@ def calibrate(
     with --counts, its counts; writes the calibrated copy to OUT (with --tta: calibrated, and
     saved, with test-time augmentation)."""
     try:
-        counter = _loaded(model, tta)
+        counter = load_model(model)
+        counter.config.tta = counter.config.tta or tta  # calibrated, and saved, with it
         if fit_on is not None:
             loaded = [s.load() for s in load_dataset(*resolve_data(fit_on, fmt))]
             counter = with_variance_head(counter, *map(list, zip(*loaded, strict=True)))

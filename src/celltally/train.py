@@ -48,7 +48,7 @@ from celltally.uncertainty import (
     calibrate_counts,
     calibrated_mae,
     count_terms,
-    model_scores,
+    set_interval_calibration,
 )
 
 # The readout refit has ~33 unknowns: a few dozen whole images (millions of pixels) fit it, and
@@ -251,7 +251,10 @@ def train(
         masks = [
             downsample(s.load_mask().astype(np.float32), config.downsample) for s in train_samples
         ]
-    sampler = PatchSampler(grid_images, grid_points, model, rng, config.per_patch_norm, masks)
+    weights = [sample.weight for sample in train_samples]
+    sampler = PatchSampler(
+        grid_images, grid_points, model, rng, config.per_patch_norm, masks, weights
+    )
     optimizer = _optimizer(config, model)
     averaged = _weight_average(model, optimizer, config)
     state = _resume(out, model, optimizer, rng, config, averaged)
@@ -338,7 +341,7 @@ def _finish(out, config, train_data, val_data, state, provenance) -> CountingMod
         model, [output[0] for output in outputs], val_points, config.detection_radius
     )
     if model.config.variance_head:
-        model.config.conformal_scores = model_scores(model, outputs, [len(p) for p in val_points])
+        set_interval_calibration(model, outputs, [len(p) for p in val_points])
     model.config.training = {
         **provenance,
         "settings": asdict(config),
@@ -390,19 +393,33 @@ def refit_readout(model: CountingModel, images: list[np.ndarray], points: list[n
     below the MSE's noise level still shifts counts by several cells, and SGD noise on the last
     bias keeps moving it. The readout is linear in its input features, so its exact least-squares
     fit on the whole images is cheap; with its intercept, the residuals sum to zero and the
-    summed count over the training images is exact (for Count-ception, whose readout ends in a
-    LeakyReLU, nearly: only pixels fitted below zero differ).
+    summed count over the training images is exact.
+
+    The map is the readout through a ReLU (never negative), which is the identity where the map
+    is positive. So a second fit leaves out the pixels the first one puts below zero where the
+    target is zero too (the ReLU already gives them exactly their target), and fits the rest.
     """
     layer = model.readout
+    solution = _least_squares_readout(model, layer, images, points, None)
+    _least_squares_readout(model, layer, images, points, solution)
+
+
+def _least_squares_readout(model, layer, images, points, previous) -> torch.Tensor:
+    """Fit and set the readout on every pixel, or, given the ``previous`` solution, on those
+    it does not already fit through the ReLU; return the solution."""
     n = layer.in_channels + 1
     gram = torch.zeros(n, n, dtype=torch.float64)
     moment = torch.zeros(n, dtype=torch.float64)
     for x, target, _ in _layer_inputs(model, layer, images, points):
+        if previous is not None:
+            keep = (previous @ x > 0) | (target > 0)
+            x, target = x[:, keep], target[keep]
         gram += x @ x.T
         moment += x @ target
     ridge = 1e-6 * gram.diagonal().mean() * torch.eye(n, dtype=torch.float64)
     solution = torch.linalg.solve(gram + ridge, moment)
     model.set_readout(solution[:-1], solution[-1])
+    return solution
 
 
 @torch.no_grad()

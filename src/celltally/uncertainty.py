@@ -131,6 +131,22 @@ def model_scores(model, outputs: Sequence[np.ndarray], true_counts: Sequence[flo
     return calibration_scores(counts, sigmas, true_counts)
 
 
+def largest_relative_sigma(model, outputs: Sequence[np.ndarray]) -> float:
+    """The largest predicted standard deviation of a count relative to the count (at least
+    1) over calibration outputs: how uncertain the model is on images like its own."""
+    return max(
+        model.count_sigma(output[1]) / max(model.count_from_map(output[0]), 1.0)
+        for output in outputs
+    )
+
+
+def set_interval_calibration(model, outputs: Sequence[np.ndarray], true_counts) -> None:
+    """Calibrate the intervals of a model with a variance head on calibration outputs: its
+    conformal scores and its largest relative uncertainty (``ModelConfig``)."""
+    model.config.conformal_scores = model_scores(model, outputs, true_counts)
+    model.config.max_relative_sigma = largest_relative_sigma(model, outputs)
+
+
 def calibrate(
     model,
     samples: Iterable,
@@ -149,7 +165,7 @@ def calibrate(
     if counts:
         outputs = calibrate_counts(model, outputs, truth)
     if model.config.variance_head:
-        model.config.conformal_scores = model_scores(model, outputs, truth)
+        set_interval_calibration(model, outputs, truth)
 
 
 def calibrate_counts(
@@ -188,9 +204,14 @@ def fit_count_calibration(
     counts: Sequence[float], pixels: Sequence[float], true_counts: Sequence[float]
 ) -> tuple[float, float]:
     """The gain and per-pixel offset that make ``gain * count + offset * pixels`` best match
-    ``true_counts`` (least squares)."""
+    ``true_counts`` (least squares), the offset at least 0: a negative one would give the empty
+    pixels of every image a negative count. Where the unconstrained fit's offset is negative,
+    the best fit with offset 0 is the gain alone."""
+    counts, pixels, truth = (np.asarray(a, float) for a in (counts, pixels, true_counts))
     design = np.column_stack([counts, pixels])
-    (gain, offset), *_ = np.linalg.lstsq(design, np.asarray(true_counts, float), rcond=None)
+    (gain, offset), *_ = np.linalg.lstsq(design, truth, rcond=None)
+    if offset < 0:
+        gain, offset = counts @ truth / max(counts @ counts, 1e-12), 0.0
     return float(gain), float(offset)
 
 
@@ -210,12 +231,13 @@ def calibrated_mae(
 
 
 def affine_output(output: np.ndarray, gain: float, offset: float) -> np.ndarray:
-    """A ``(C, H, W)`` output with its map replaced by ``gain * map + offset`` and its
+    """A ``(C, H, W)`` output with its map replaced by ``gain * map + offset``, never below 0
+    (models calibrated before offsets were kept non-negative have negative ones), and its
     log-variance channel (if any) shifted to match (the variance scales by ``gain^2``)."""
     if gain == 1.0 and offset == 0.0:
         return output
     corrected = output.astype(np.float32, copy=True)
-    corrected[0] = gain * output[0] + offset
+    corrected[0] = np.maximum(gain * output[0] + offset, 0.0)
     corrected[1:] += 2.0 * np.log(gain)
     return corrected
 

@@ -42,13 +42,16 @@ def default_data_root() -> Path:
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated image. ``group`` ties images that must stay on one side of a split."""
+    """One annotated image. ``group`` ties images that must stay on one side of a split;
+    ``weight`` is the image's relative share of the training patches (a mix of sets of
+    different sizes is balanced by it)."""
 
     name: str
     image_path: Path
     read_points: Callable[[], np.ndarray] = field(repr=False, compare=False)
     group: str = ""
     mask_path: Path | None = None
+    weight: float = 1.0
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image, points)``, checking that every point lies inside the image."""

@@ -43,7 +43,8 @@ class PatchSampler:
     of the whole image's target that the network computes from that patch (``model.shrink``
     smaller). ``per_patch``: normalise each patch by its own mean and std (the paper; only for
     unpadded models); otherwise by its whole image's, as at inference. With ``masks`` (one
-    ``(H, W)`` foreground mask per image) the targets are the masks instead.
+    ``(H, W)`` foreground mask per image) the targets are the masks instead. ``weights``: each
+    image's relative chance of giving a patch (default: all alike).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PatchSampler:
         rng: np.random.Generator,
         per_patch: bool = True,
         masks: list[np.ndarray] | None = None,
+        weights: list[float] | None = None,
     ):
         if per_patch and model.pad:
             raise ValueError(
@@ -61,6 +63,9 @@ class PatchSampler:
             )
         self.images, self.points, self.per_patch, self.masks = images, points, per_patch, masks
         self.model, self.rng = model, rng
+        self.probabilities = None  # uniform over the images
+        if weights is not None and len(set(weights)) > 1:
+            self.probabilities = np.asarray(weights, float) / np.sum(weights)
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def augmented(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,13 +89,18 @@ class PatchSampler:
         inputs, targets = [], []
         out = size - self.model.shrink
         for _ in range(batch_size):
-            index = int(self.rng.integers(len(self.images)))
+            index = self._draw_image()
             image, target = self.augmented(index, int(self.rng.integers(N_AUGMENTATIONS)))
             top = int(self.rng.integers(target.shape[0] - out + 1))
             left = int(self.rng.integers(target.shape[1] - out + 1))
             inputs.append(image[top : top + size, left : left + size])
             targets.append(target[top : top + out, left : left + out])
         return _to_batch(inputs, targets, self.per_patch)
+
+    def _draw_image(self) -> int:
+        if self.probabilities is None:
+            return int(self.rng.integers(len(self.images)))
+        return int(self.rng.choice(len(self.images), p=self.probabilities))
 
     def whole(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``index`` whole, randomly augmented: a batch of one for fine-tuning."""

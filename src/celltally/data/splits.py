@@ -91,13 +91,14 @@ def protocol_split(
 
 def split_from_file(samples: list[Sample], path: str | Path) -> Split:
     """The split named in a JSON file: ``{"train": [...], "val": [...], "test": [...]}`` (a
-    benchmark record, whose ``split`` holds these lists, works too)."""
+    benchmark record, whose ``split`` holds these lists, works too). A part may be empty: a
+    test-only set has no training images."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(path, f"cannot read the split file: {error}") from None
     names = record.get("split", record) if isinstance(record, dict) else None
-    if not isinstance(names, dict) or not names.get("train"):
+    if not isinstance(names, dict) or not any(names.get(part) for part in PARTS):
         raise InputError(path, 'a split file needs {"train": [names], "val": [...], "test": [...]}')
     by_name = {s.name: s for s in samples}
     unknown = [n for part in PARTS for n in names.get(part, []) if n not in by_name]

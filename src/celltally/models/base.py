@@ -23,15 +23,26 @@ import torch.nn.functional as F
 from skimage.feature import peak_local_max
 from torch import nn
 
+from celltally import diameter as cell_size
 from celltally.data.images import (
     as_image,
     downsample,
+    pick_channel,
     to_channels,
     to_grid_points,
     to_image_points,
     upsample,
 )
+from celltally.data.scale import (
+    needs_rescaling,
+    rescale_image,
+    restore_density,
+    to_rescaled_points,
+)
 from celltally.errors import InputError
+from celltally.models.inference import predict_dihedral, predict_tiled
+from celltally.models.ood import out_of_distribution
+from celltally.models.prediction import Prediction
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
 from celltally.uncertainty import CountInterval, affine_output, check_intervals, interval
 
@@ -79,6 +90,16 @@ class ModelConfig:
         tile_size: images larger than this (plus margins) are processed in tiles of this size.
         tta: test-time augmentation: the output is the mean over the image's 8 flips and
             quarter turns, each mapped back onto the image (8x slower; lowers the count error).
+            The default of ``predict``'s ``tta``; ``tile_size`` likewise of its ``tile``.
+        diameter: the cell diameter in pixels of the images the model was trained on (on the
+            images' own pixels, before ``downsample``), measured by training from the training
+            images' masks or dots (``celltally.diameter``). ``predict`` rescales an image whose
+            cells are of another size to it. ``None``: unknown; images are never rescaled.
+        diameter_range: ``[low, high]``: the cell diameters (px) the model counts reliably; an
+            image whose estimated diameter lies outside gets a warning.
+        max_relative_sigma: the largest predicted standard deviation of a count, relative to
+            the count, on the calibration images; a far larger one on a new image gets a
+            warning (``celltally.models.ood``).
         training: provenance written by ``celltally train`` (data, split, settings, versions).
     """
 
@@ -99,6 +120,9 @@ class ModelConfig:
     min_distance: int = 3
     tile_size: int = 512
     tta: bool = False
+    diameter: float | None = None
+    diameter_range: list[float] | None = None
+    max_relative_sigma: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,6 +150,8 @@ class ModelConfig:
             raise ValueError(f"log_variance_range must be [low, high], got {bounds}")
         if self.min_distance < 1:
             raise ValueError(f"min_distance must be at least 1 pixel, got {self.min_distance}")
+        if self.diameter is not None and not (np.isfinite(self.diameter) and self.diameter > 0):
+            raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter}")
         if self.tile_size < 64:
             raise ValueError(f"tile_size must be at least 64 pixels, got {self.tile_size}")
 
@@ -154,7 +180,7 @@ class CountingModel(nn.Module):
     recipe: ClassVar[dict] = {}  # training settings that differ from TrainConfig's defaults
     trains_on_masks: ClassVar[bool] = False  # foreground masks, not target maps (fpn_vgg11)
     # A mirrored output map lies this many pixels too far along the mirrored axis (see
-    # ``celltally.predict.predict_dihedral``).
+    # ``celltally.models.inference.predict_dihedral``).
     flip_shift: ClassVar[int] = 0
 
     def __init__(self, config: ModelConfig):
@@ -188,17 +214,89 @@ class CountingModel(nn.Module):
         return 2 if self.config.variance_head else 1
 
     # ---- raw images in, counts and centres out -------------------------------------------
-    def count(self, image: np.ndarray, ci: float | None = None) -> float | CountInterval:
-        """The number of cells in ``image``; with ``ci`` (a level, e.g. 0.95), the count with
-        its calibrated interval at that level."""
-        output = self.predict_output(image)
-        if ci is None:
-            return self.count_from_map(output[0])
-        return self.count_interval(output, ci)
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        diameter: float | None = None,
+        channel: int | None = None,
+        tile: int | None = None,
+        tta: bool | None = None,
+        ci: float | None = None,
+        source: str | None = None,
+        separate_channels: bool = False,
+    ) -> Prediction:
+        """Count ``image`` (any dtype, ``(H, W)`` or ``(H, W, C)``) in one network pass.
 
-    def points(self, image: np.ndarray) -> np.ndarray:
-        """Cell centres ``(N, 2)`` (y, x) in ``image``: local maxima of the predicted map."""
-        return self.peaks(self.predict_map(image))
+        Args:
+            diameter: the image's cell diameter in pixels; the image is rescaled so that its
+                cells have the model's training ``diameter``. ``None``: estimated from the
+                image (``celltally.diameter.estimate_diameter``) if the model records its
+                training diameter, else the image is not rescaled.
+            channel: the channel holding the cells (0-based); ``None``: chosen as
+                ``celltally.data.images.pick_channel`` documents.
+            tile: tile side for large images (default ``config.tile_size``); tiled and whole
+                predictions are equal.
+            tta: test-time augmentation (default ``config.tta``).
+            ci: a level (e.g. 0.95): also the count's calibrated interval at that level.
+            source: the file the image came from, named in errors.
+            separate_channels: the image's channels are separate stains (a TIFF's C axis:
+                ``read_stack``), not the colours of one picture.
+        """
+        image, notes = self._input(image, channel, source, separate_channels)
+        used, estimated = self._diameter(image, diameter)
+        scale = self._scale(used)
+        network_image = rescale_image(image, scale) if scale != 1.0 else image
+        output = self.predict_output(network_image, source, tile=tile, tta=tta)
+        grid_density, centre_map = self.density_and_centre_map(output[0])
+        count = self.count_from_map(output[0])
+        factor = self.config.downsample
+        density = upsample(grid_density, factor, network_image.shape[:2])
+        points = to_image_points(self.local_maxima(centre_map), factor)
+        if scale != 1.0:
+            density = restore_density(density, image.shape)
+            points = to_rescaled_points(points, network_image.shape, image.shape)
+        bounds = None if ci is None else self.count_interval(output, ci)
+        sigma = self.count_sigma(output[1]) if len(output) > 1 else None
+        notes += out_of_distribution(self, image, used if estimated else None, count, sigma)
+        return Prediction(count, density, points, bounds, sigma, used, estimated, scale, notes)
+
+    def count(self, image: np.ndarray, ci: float | None = None, **options) -> float | CountInterval:
+        """The number of cells in ``image``; with ``ci`` (a level, e.g. 0.95), the count with
+        its calibrated interval at that level. ``options`` as ``predict``'s."""
+        prediction = self.predict(image, ci=ci, **options)
+        return prediction.count if ci is None else prediction.interval
+
+    def points(self, image: np.ndarray, **options) -> np.ndarray:
+        """Cell centres ``(N, 2)`` (y, x) in ``image``: local maxima of the predicted map.
+        ``options`` as ``predict``'s."""
+        return self.predict(image, **options).points
+
+    def _input(
+        self, image: np.ndarray, channel: int | None, source: str | None, separate: bool
+    ) -> tuple[np.ndarray, list[str]]:
+        """The image as the network takes it (its channel or colours) and notes on the choice."""
+        image = as_image(image, source)
+        image, note = pick_channel(image, channel, separate_channels=separate, source=source)
+        return to_channels(image, self.config.in_channels), [note] if note else []
+
+    def _diameter(self, image: np.ndarray, given: float | None) -> tuple[float | None, bool]:
+        """(the cell diameter to count at, whether it was estimated)."""
+        if given is not None:
+            if not (np.isfinite(given) and given > 0):
+                raise InputError(None, f"diameter must be a positive number of pixels, got {given}")
+            return float(given), False
+        if self.config.diameter is None:
+            return None, False
+        return cell_size.estimate_diameter(image), True
+
+    def _scale(self, diameter: float | None) -> float:
+        """How much to rescale an image with cells of ``diameter`` so that they have the
+        model's; 1 if either is unknown or they differ by less than ``SCALE_TOLERANCE``."""
+        if diameter is None or self.config.diameter is None or not np.isfinite(diameter):
+            return 1.0
+        scale = self.config.diameter / diameter
+        return scale if needs_rescaling(scale) else 1.0
 
     def count_from_map(self, output: np.ndarray) -> float:
         return float(output.sum(dtype=np.float64) / self.count_divisor)
@@ -243,14 +341,19 @@ class CountingModel(nn.Module):
         grid_shape = (-(-shape[0] // factor), -(-shape[1] // factor))
         return self.training_target(to_grid_points(points, factor), grid_shape)
 
+    def density_and_centre_map(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cells per pixel of an output map on the network's grid (summing to the count),
+        and the map whose local maxima are the centres: the output itself here."""
+        return output / np.float32(self.count_divisor), output
+
     def density(self, output: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Cells per pixel on the image's pixels (cropped to its ``shape``, needed when
         ``downsample`` does not divide it), summing to the count."""
-        return upsample(output / np.float32(self.count_divisor), self.config.downsample, shape)
+        return upsample(self.density_and_centre_map(output)[0], self.config.downsample, shape)
 
     def centre_map(self, output: np.ndarray) -> np.ndarray:
-        """The image-sized map whose local maxima are the centres (the output itself here)."""
-        return output
+        """The map whose local maxima are the centres, on the network's grid."""
+        return self.density_and_centre_map(output)[1]
 
     def peaks(self, output: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Local maxima of ``centre_map(output)`` at least ``min_distance`` apart and above
@@ -273,17 +376,22 @@ class CountingModel(nn.Module):
         return self.predict_output(image, source)[0]
 
     @torch.no_grad()
-    def predict_output(self, image: np.ndarray, source: str | None = None) -> np.ndarray:
-        """The ``(out_channels, H, W)`` output: the map, then its log-variance if the model has
-        a variance head; with the count calibration applied."""
-        from celltally.predict import predict_dihedral, predict_tiled  # they build on this module
-
+    def predict_output(
+        self,
+        image: np.ndarray,
+        source: str | None = None,
+        tile: int | None = None,
+        tta: bool | None = None,
+    ) -> np.ndarray:
+        """The network's ``(out_channels, H, W)`` output for an image as it is (not rescaled):
+        the map, never negative, then its log-variance if the model has a variance head; with
+        the count calibration applied. ``tile`` and ``tta`` as ``predict``'s."""
         tensor = self.prepare(image, source)
         was_training = self.training
         self.eval()
-        predict = predict_dihedral if self.config.tta else predict_tiled
+        run = predict_dihedral if (self.config.tta if tta is None else tta) else predict_tiled
         try:
-            output = predict(self, tensor, self.config.tile_size, self.tile_margin)
+            output = run(self, tensor, tile or self.config.tile_size, self.tile_margin)
         finally:
             self.train(was_training)
         if self.config.log_variance_range is not None:
@@ -402,12 +510,13 @@ def variance_head(config: ModelConfig, in_maps: int) -> nn.Conv2d | None:
 def map_and_variance(
     layers: nn.Sequential, head: nn.Conv2d | None, x: torch.Tensor
 ) -> torch.Tensor:
-    """``layers(x)``; with a variance ``head``, its log-variance as a second channel, read
-    linearly from the input of the last layer (a nonlinearity there would clip it)."""
+    """``relu(layers(x))``, a map that is never negative, so neither is any count read from it;
+    with a variance ``head``, its log-variance as a second channel, read linearly from the input
+    of the last layer (a nonlinearity there would clip it)."""
     if head is None:
-        return layers(x)
+        return F.relu(layers(x))
     features = layers[:-1](x)
-    return torch.cat([layers[-1](features), head(features)], dim=1)
+    return torch.cat([F.relu(layers[-1](features)), head(features)], dim=1)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

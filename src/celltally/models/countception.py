@@ -25,7 +25,6 @@ density whose local maxima are the centres (``centre_map``).
 
 from __future__ import annotations
 
-import hashlib
 from typing import ClassVar
 
 import numpy as np
@@ -34,7 +33,6 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from celltally.data.images import upsample
 from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
 from celltally.models.registry import register_model
 from celltally.targets import WINDOW, count_map, window_sums, window_sums_adjoint
@@ -209,7 +207,6 @@ class CountCeption(CountingModel):
         )
         self.init_weights()
         self.log_variance = variance_head(config, 64)
-        self._last_deconvolution: tuple = (None, None)  # (output key, density): see _deconvolved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return map_and_variance(self.layers, self.log_variance, x)
@@ -263,25 +260,14 @@ class CountCeption(CountingModel):
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return count_map(points, shape)
 
-    def density(self, output: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """The dot density the count map is the window sums of (Richardson-Lucy deconvolution),
-        scaled to sum to the count, on the image's pixels (see ``CountingModel.density``)."""
-        density = self._deconvolved(output)
+    def density_and_centre_map(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The dot density the count map is the window sums of (Richardson-Lucy
+        deconvolution), scaled to sum to the count, and it lightly smoothed for its peaks."""
+        density = recover_density(output)
         total = density.sum(dtype=np.float64)
         if total > 0:
             density = density * np.float32(self.count_from_map(output) / total)
-        return upsample(density, self.config.downsample, shape)
-
-    def centre_map(self, output: np.ndarray) -> np.ndarray:
-        return gaussian_filter(self._deconvolved(output), CENTRE_SMOOTHING)
-
-    def _deconvolved(self, output: np.ndarray) -> np.ndarray:
-        """``recover_density(output)``, kept for the last output: counting a file asks for both
-        the density and the centres of one output, and each deconvolution costs ~0.6 s."""
-        key = (output.shape, hashlib.blake2b(output.tobytes(), digest_size=16).digest())
-        if self._last_deconvolution[0] != key:
-            self._last_deconvolution = (key, recover_density(output))
-        return self._last_deconvolution[1]
+        return density, gaussian_filter(density, CENTRE_SMOOTHING)
 
 
 def recover_density(output: np.ndarray, steps: int = DECONVOLUTION_STEPS) -> np.ndarray:

@@ -158,8 +158,10 @@ class FPNVGG11(CountingModel):
         log_variance = F.interpolate(cells[:, 1:], scale_factor=CELL, mode="nearest")
         return torch.cat([counts * share, log_variance - 2 * np.log(CELL)], dim=1)
 
-    def centre_map(self, output: np.ndarray) -> np.ndarray:
-        return gaussian_filter(output, CENTRE_SMOOTHING)
+    def density_and_centre_map(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The map (cells per pixel), and it smoothed for its peaks: the counter's 32x32
+        cells spread their counts over the mask's pixels, which are flat inside a cell."""
+        return output, gaussian_filter(output, CENTRE_SMOOTHING)
 
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError("fpn_vgg11 trains on foreground masks and counts, not on a target map")

@@ -1,0 +1,168 @@
+"""The generalist model: one network for users' own images, trained on every real annotated set
+(train splits only) and on domain-randomised simulated images, all rescaled so that their cells
+are ``CANONICAL_DIAMETER`` pixels across.
+
+At inference ``CountingModel.predict`` estimates each image's cell diameter and rescales the
+image to the canonical one, so a single network sees cells of one size whatever the
+magnification. Training images are rescaled by their true diameters (from instance masks where
+a set has them, else from the dots: ``celltally.diameter.diameter_at_points``, one median per
+set since a set is imaged at one magnification) times a random jitter of up to
+``SCALE_JITTER``, so that the network tolerates the estimator's error.
+
+Each set (and the simulated images) gets the same share of the training patches, spread over
+its images by their area; leaving sets out (``exclude``) makes the leave-one-set-out models
+that measure how the generalist counts a kind of image it has never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from celltally.data.collection import REAL_SETS, RealSet, labels_path
+from celltally.data.datasets import Sample
+from celltally.data.images import read_image
+from celltally.data.scale import rescaled
+from celltally.data.synth import SynthSample, generate, preset, synth_samples
+from celltally.diameter import diameter_at_points, mask_diameter
+from celltally.models import CountingModel, load_model, save_model
+from celltally.train import TrainConfig, train
+
+CANONICAL_DIAMETER = 12.0
+SCALE_JITTER = 1.25  # training images are drawn at the canonical diameter x [1/1.25, 1.25]
+MIN_SIDE = 112  # rescaled images are padded to at least this side (the patch is 100)
+DOT_DIAMETER_IMAGES = 24  # images of a dot-only set whose median diameter stands for the set
+SYNTH_PRESET = "generalist"
+SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
+
+# The generalist recipe: FCRN-A on RGB (grey images are repeated), with a variance head and
+# more, longer epochs than the single-set recipe for its many kinds of image.
+RECIPE: dict[str, Any] = {
+    "arch": "fcrn_a",
+    "in_channels": 3,
+    "variance_head": True,
+    "epochs": 30,
+    "steps_per_epoch": 150,
+    "lr_step": 12,
+    "finetune_epochs": 2,
+}
+
+
+@dataclass
+class GeneralistData:
+    """Rescaled training and validation samples, with where they came from."""
+
+    train: list[Sample]
+    val: list[Sample]
+    sets: list[str]
+    diameters: dict[str, list[float]] = field(default_factory=dict)  # set -> per-image, px
+
+    def diameter_range(self) -> list[float]:
+        every = [d for values in self.diameters.values() for d in values]
+        return [float(np.min(every)), float(np.max(every))]
+
+
+def image_diameters(real: RealSet, samples: Sequence[Sample]) -> list[float]:
+    """The cell diameter (px) of each sample: from its instance labels if it has them; for a
+    confluent set, the diameter of a disc of the image's area over its count; else the set's
+    median ``diameter_at_points`` over (up to ``DOT_DIAMETER_IMAGES`` of) its images."""
+    paths = [labels_path(sample) for sample in samples]
+    if samples and all(paths):
+        return [mask_diameter(read_image(path)[:, :, 0].astype(np.int64)) for path in paths]
+    if real.confluent:
+        return [_tiling_diameter(*sample.load()) for sample in samples]
+    step = max(1, len(samples) // DOT_DIAMETER_IMAGES)
+    measured = [diameter_at_points(*sample.load()) for sample in samples[::step]]
+    return [float(np.nanmedian(measured))] * len(samples)
+
+
+def _tiling_diameter(image: np.ndarray, points: np.ndarray) -> float:
+    area = image.shape[0] * image.shape[1] / max(len(points), 1)
+    return float(np.sqrt(4.0 * area / np.pi))
+
+
+def generalist_data(
+    root: str | Path | None = None,
+    exclude: Sequence[str] = (),
+    synth_images: int = 0,
+    seed: int = 0,
+) -> GeneralistData:
+    """The train and val splits of every real set but ``exclude``, plus ``synth_images``
+    simulated images (90% train, 10% val), rescaled to the canonical diameter."""
+    rng = np.random.default_rng(seed)
+    data = GeneralistData([], [], [])
+    for real in REAL_SETS:
+        if real.name in exclude:
+            continue
+        split = real.split(root)
+        if not split.train:
+            continue  # a test-only set
+        data.sets.append(real.name)
+        _add_set(data, real.name, split.train, split.val, image_diameters, real, rng)
+    if synth_images:
+        samples = synth_samples(preset(SYNTH_PRESET), synth_images, seed, "synth")
+        cut = synth_images - max(1, synth_images // 10)
+        data.sets.append("synth")
+        _add_set(data, "synth", samples[:cut], samples[cut:], _synth_diameters, None, rng)
+    return data
+
+
+def _synth_diameters(_, samples: Sequence[SynthSample]) -> list[float]:
+    return [mask_diameter(generate(s.config, s.seed, s.index).labels) for s in samples]
+
+
+def _add_set(data, name, train_samples, val_samples, diameters_of, real, rng) -> None:
+    """Rescale a set's samples into ``data``: training images jittered, validation exact."""
+    train_d, val_d = diameters_of(real, train_samples), diameters_of(real, val_samples)
+    data.diameters[name] = train_d + val_d
+    share = SYNTH_SHARE if real is None else 1.0
+    jitter = np.exp(rng.uniform(-1, 1, len(train_samples)) * np.log(SCALE_JITTER))
+    for sample, diameter, wiggle in zip(train_samples, train_d, jitter, strict=True):
+        factor = CANONICAL_DIAMETER / diameter * wiggle
+        weight = share / len(train_samples)
+        data.train.append(rescaled(sample, f"{name}/{sample.name}", factor, weight, MIN_SIDE))
+    for sample, diameter in zip(val_samples, val_d, strict=True):
+        factor = CANONICAL_DIAMETER / diameter
+        data.val.append(rescaled(sample, f"{name}/{sample.name}", factor, 1.0, MIN_SIDE))
+
+
+def train_generalist(
+    out: str | Path,
+    root: str | Path | None = None,
+    exclude: Sequence[str] = (),
+    synth_images: int = 0,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> CountingModel:
+    """Train a generalist into ``out`` (resumable: run it again to go on), leaving the sets
+    named in ``exclude`` out; the model records its canonical diameter, the diameters it was
+    trained on and every set with its licence."""
+    out = Path(out)
+    data = generalist_data(root, exclude, synth_images)
+    config = TrainConfig.from_dict({**RECIPE, **(settings or {})})
+    provenance = {
+        "data": "generalist",
+        "sets": {name: _licence(name) for name in data.sets},
+        "excluded": list(exclude),
+        "synth_images": synth_images,
+        "canonical_diameter": CANONICAL_DIAMETER,
+        "split": {"train": [s.name for s in data.train], "val": [s.name for s in data.val]},
+    }
+    train(config, data.train, data.val, out, provenance, progress=progress)
+    model = load_model(out / "model")
+    model.config.diameter = CANONICAL_DIAMETER
+    model.config.diameter_range = data.diameter_range()
+    save_model(model, out / "model")
+    (out / "diameters.json").write_text(json.dumps(data.diameters))
+    return model
+
+
+def _licence(name: str) -> str:
+    if name == "synth":
+        return "simulated by celltally (MIT)"
+    return next(real.licence for real in REAL_SETS if real.name == name)

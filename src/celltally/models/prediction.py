@@ -1,0 +1,45 @@
+"""What one inference pass over an image gives: ``CountingModel.predict`` returns a
+``Prediction``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from celltally.uncertainty import CountInterval
+
+
+@dataclass
+class Prediction:
+    """Everything a model says about one image, on the image's own pixels.
+
+    Attributes:
+        count: the number of cells (never negative): the density's sum.
+        density: ``(H, W)`` cells per pixel of the image; sums to ``count``.
+        points: ``(N, 2)`` y,x cell centres in the image's pixels.
+        interval: the count's calibrated interval, if one was asked for (``ci``).
+        sigma: the model's own, uncalibrated standard deviation of the count, if it has a
+            variance head (what its intervals are calibrated from).
+        diameter: the cell diameter in pixels the image was counted at (given or estimated);
+            ``None`` if the model records no training diameter and none was given.
+        diameter_estimated: whether ``diameter`` was estimated from the image.
+        scale: how much the image was rescaled before the network saw it (1: not at all).
+        warnings: one-line notes on why the count may be less trustworthy than the model's
+            test figures (an image unlike the model's training images, a channel chosen for
+            the user, ...).
+    """
+
+    count: float
+    density: np.ndarray
+    points: np.ndarray
+    interval: CountInterval | None = None
+    sigma: float | None = None
+    diameter: float | None = None
+    diameter_estimated: bool = False
+    scale: float = 1.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points)

@@ -1,0 +1,113 @@
+"""The one inference path, ``CountingModel.predict``: counts never below zero, one network pass,
+the cell diameter, and the warnings."""
+
+import numpy as np
+import pytest
+import torch
+
+from celltally import create_model, load_model
+from celltally.data.images import read_image
+from celltally.data.scale import rescale_image
+from celltally.models import DEFAULT_MODEL
+
+ARCHITECTURES = ["fcrn_a", "fcrn_b", "countception", "fpn_vgg11"]
+
+
+def hostile_images() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "black": np.zeros((96, 96), np.uint8),
+        "white": np.full((96, 96), 255, np.uint8),
+        "flat grey rgb": np.full((96, 96, 3), 77, np.uint8),
+        "noise": rng.normal(100, 20, (96, 96)).clip(0, 255).astype(np.uint8),
+        "16-bit noise": rng.integers(0, 65535, (96, 96)).astype(np.uint16),
+    }
+
+
+def pessimistic(arch: str) -> torch.nn.Module:
+    """A randomly initialised model whose readout is pushed far below zero: without the
+    non-negative output stage it would count large negative numbers everywhere."""
+    torch.manual_seed(0)
+    model = create_model(arch, variance_head=True)
+    if model.readout is not None:
+        weight = model.readout.weight.detach().clone().reshape(-1)
+        model.set_readout(weight, torch.tensor(-5.0))
+    model.config.conformal_scores = [0.5, 1.0, 2.0] * 10
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_architecture_counts_below_zero(arch):
+    model = pessimistic(arch)
+    for name, image in hostile_images().items():
+        found = model.predict(image, ci=0.9)
+        assert found.count >= 0, (arch, name)
+        assert found.density.min() >= 0, (arch, name)
+        assert found.interval.low >= 0 and found.interval.high >= found.interval.low
+        assert found.density.shape == image.shape[:2]
+
+
+def test_the_bundled_model_counts_an_empty_image_as_about_nothing():
+    model = load_model(DEFAULT_MODEL)
+    for name, image in hostile_images().items():
+        assert 0 <= model.count(image) < 1.0, name
+
+
+def test_predict_runs_the_network_once_and_count_and_points_agree(samples_dir):
+    model = load_model(DEFAULT_MODEL)
+    image = read_image(samples_dir / "101cell.png")
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    found = model.predict(image)
+    assert len(calls) == 1
+    assert model.count(image) == pytest.approx(found.count)
+    np.testing.assert_array_equal(model.points(image), found.points)
+    assert found.density.sum() == pytest.approx(found.count, rel=1e-4)
+    assert found.density.shape == image.shape[:2]
+
+
+def test_a_rescaled_image_counts_the_same_at_its_diameter(samples_dir):
+    model = load_model(DEFAULT_MODEL)
+    image = read_image(samples_dir / "164cell.png")
+    trained = model.config.diameter or 10.0
+    model.config.diameter = trained
+    original = model.predict(image, diameter=trained)
+    bigger = rescale_image(image, 2.0)
+    enlarged = model.predict(bigger, diameter=2 * trained)
+    assert enlarged.scale == pytest.approx(0.5)
+    assert enlarged.count == pytest.approx(original.count, rel=0.05)
+    assert abs(enlarged.n_points - original.n_points) <= 0.05 * original.n_points
+    assert enlarged.density.shape == bigger.shape[:2]
+    assert enlarged.density.sum() == pytest.approx(enlarged.count, rel=1e-4)
+    # centres come back on the enlarged image's pixels: twice the original's
+    assert np.median(enlarged.points, axis=0) == pytest.approx(
+        2 * np.median(original.points, axis=0) + 0.5, abs=3.0
+    )
+
+
+def test_the_diameter_is_estimated_when_not_given(samples_dir):
+    model = load_model(DEFAULT_MODEL)
+    if model.config.diameter is None:
+        pytest.skip("the default model records no training diameter")
+    found = model.predict(read_image(samples_dir / "101cell.png"))
+    assert found.diameter_estimated
+    assert 0.5 * model.config.diameter < found.diameter < 2 * model.config.diameter
+
+
+def test_far_larger_cells_than_the_model_knows_are_flagged():
+    model = load_model(DEFAULT_MODEL)
+    if model.config.diameter_range is None:
+        pytest.skip("the default model records no diameter range")
+    yy, xx = np.mgrid[:600, :600]
+    image = np.zeros((600, 600), np.float32)
+    for cy, cx in [(150, 150), (150, 450), (450, 300)]:
+        image += 200.0 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 110**2)
+    found = model.predict(image)
+    assert found.diameter > model.config.diameter_range[1]
+    assert any("outside" in note for note in found.warnings)
+
+
+def test_a_flat_image_is_flagged():
+    model = load_model(DEFAULT_MODEL)
+    found = model.predict(np.full((128, 128), 40, np.uint8))
+    assert any("contrast" in note for note in found.warnings)
