@@ -293,3 +293,38 @@ def test_train_on_synthetic_images_then_fine_tune(tmp_path):
     assert (
         result.exit_code == 2 and "has arch=fcrn_a; train with the same settings" in result.stderr
     )
+
+
+def test_count_picks_the_channel_and_reports_diameter_and_warnings(samples_dir, tmp_path):
+    nuclei = imread(samples_dir / "101cell.png")[:, :, 2]
+    stain = np.random.default_rng(0).integers(0, 255, nuclei.shape).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([stain, nuclei]), metadata={"axes": "CYX"})
+    imwrite(tmp_path / "nuclei.png", nuclei)
+    imwrite(tmp_path / "flat.png", np.full((128, 128), 9, np.uint8))
+    out = tmp_path / "out"
+    result = run("count", tmp_path, "--out", out, "--no-overlays", "--channel", 1)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "counts.csv").set_index("image")
+    assert {"diameter", "scale", "warning"} <= set(table.columns)
+    two, alone = table.loc[str(tmp_path / "two.tif")], table.loc[str(tmp_path / "nuclei.png")]
+    assert two["count"] == pytest.approx(alone["count"], rel=1e-4)  # one image, not two pages
+    assert "contrast" in table.loc[str(tmp_path / "flat.png"), "warning"]
+    assert "1 of 3 image(s) flagged" in result.output
+    assert json.loads((out / "run.json").read_text())["flagged"] == 1
+    result = run("count", tmp_path / "two.tif", "--out", out, "--channel", 5)
+    assert result.exit_code == 1 and "two.tif" in result.output and "channel" in result.output
+
+
+def test_count_rescales_to_a_given_diameter(samples_dir, tmp_path):
+    out = tmp_path / "out"
+    image = samples_dir / "164cell.png"
+    plain = run("count", image, "--out", out / "plain", "--no-overlays", "--diameter", 11)
+    doubled = run("count", image, "--out", out / "big", "--no-overlays", "--diameter", 22)
+    assert plain.exit_code == doubled.exit_code == 0, doubled.output
+    small = pd.read_csv(out / "plain" / "counts.csv").iloc[0]
+    big = pd.read_csv(out / "big" / "counts.csv").iloc[0]
+    assert small["diameter"] == 11 and big["diameter"] == 22
+    assert big["scale"] < small["scale"]
+    assert tifffile.imread(out / "big" / "density" / "164cell.tif").shape == (256, 256)
+    result = run("count", image, "--out", out, "--diameter", -3)
+    assert result.exit_code == 2

@@ -32,6 +32,7 @@ from celltally.data.synth import SynthSample, generate, preset, synth_samples
 from celltally.diameter import diameter_at_points, mask_diameter
 from celltally.models import CountingModel, load_model, save_model
 from celltally.train import TrainConfig, train
+from celltally.uncertainty import calibration_scores
 
 CANONICAL_DIAMETER = 12.0
 SCALE_JITTER = 1.25  # training images are drawn at the canonical diameter x [1/1.25, 1.25]
@@ -157,9 +158,27 @@ def train_generalist(
     model = load_model(out / "model")
     model.config.diameter = CANONICAL_DIAMETER
     model.config.diameter_range = data.diameter_range()
+    calibrate_as_counted(model, [sample.base for sample in data.val])
     save_model(model, out / "model")
     (out / "diameters.json").write_text(json.dumps(data.diameters))
     return model
+
+
+def calibrate_as_counted(model: CountingModel, samples: Sequence[Sample]) -> None:
+    """Calibrate the intervals of ``model`` on annotated ``samples`` counted as users' images
+    are: at their estimated diameters. Training calibrated them on images rescaled by their
+    true diameters, which leaves out the estimator's error."""
+    counts, sigmas, truth = [], [], []
+    for sample in samples:
+        image, points = sample.load()
+        found = model.predict(image, source=str(sample.image_path))
+        counts.append(found.count)
+        sigmas.append(found.sigma)
+        truth.append(len(points))
+    model.config.conformal_scores = calibration_scores(counts, sigmas, truth)
+    model.config.max_relative_sigma = float(
+        max(s / max(c, 1.0) for s, c in zip(sigmas, counts, strict=True))
+    )
 
 
 def _licence(name: str) -> str:

@@ -81,12 +81,16 @@ def evaluate(model, samples: list, radius: float, level: float | None = None, **
     for sample in samples:
         image, points = sample.load()
         started = time.perf_counter()
-        count, centres, bounds = _predict(model, image, str(sample.image_path), level, options)
+        count, centres, bounds, diameter = _predict(
+            model, image, str(sample.image_path), level, options
+        )
         seconds += time.perf_counter() - started
         found.append(centres)
         truth.append(points)
         n_points = None if centres is None else len(centres)
         row = {"image": sample.name, "true": len(points), "count": count, "n_points": n_points}
+        if diameter is not None:
+            row["diameter"] = diameter
         if bounds is not None:
             row |= {
                 "low": bounds.low,
@@ -116,15 +120,15 @@ def interval_metrics(rows: list[dict], level: float) -> dict[str, float]:
 
 
 def _predict(model, image: np.ndarray, source: str, level: float | None, options: dict):
-    """(count, centres or None, interval or None) of one image."""
+    """(count, centres or None, interval or None, diameter used or None) of one image."""
     if hasattr(model, "predict"):  # a network: one pass for everything
-        prediction = model.predict(image, ci=level, source=source, **options)
-        return prediction.count, prediction.points, prediction.interval
+        found = model.predict(image, ci=level, source=source, **options)
+        return found.count, found.points, found.interval, found.diameter
     if level is not None:
         raise ValueError(f"{type(model).__name__} gives no intervals; evaluate it without a level")
     if hasattr(model, "count_and_points"):  # a detector (segmentation)
-        return (*model.count_and_points(image), None)
-    return model.count(image), None, None
+        return (*model.count_and_points(image), None, None)
+    return model.count(image), None, None, None
 
 
 def count_file(model: CountingModel, path: Path, **options) -> list[ImageResult]:

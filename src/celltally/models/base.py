@@ -276,8 +276,13 @@ class CountingModel(nn.Module):
         self, image: np.ndarray, channel: int | None, source: str | None, separate: bool
     ) -> tuple[np.ndarray, list[str]]:
         """The image as the network takes it (its channel or colours) and notes on the choice."""
-        image = as_image(image, source)
-        image, note = pick_channel(image, channel, separate_channels=separate, source=source)
+        array = np.asarray(image)
+        if array.ndim == 3 and array.shape[2] > 4:  # many stains: as_image takes at most 4
+            array = array.astype(np.float32)
+            separate = True
+        else:
+            array = as_image(array, source)
+        image, note = pick_channel(array, channel, separate_channels=separate, source=source)
         return to_channels(image, self.config.in_channels), [note] if note else []
 
     def _diameter(self, image: np.ndarray, given: float | None) -> tuple[float | None, bool]:
