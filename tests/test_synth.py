@@ -1,10 +1,21 @@
 """The SIMCEP-style generator: exact ground truth, determinism, parameters that do what they say."""
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
-from celltally.data.synth import PRESETS, SynthConfig, generate, preset, synth_samples, write_set
+from celltally.data.synth import (
+    PRESETS,
+    SynthConfig,
+    generate,
+    preset,
+    synth_samples,
+    synth_settings,
+    write_set,
+)
 
 EXPECTED = {  # preset: (image shape, dtype, count range)
     "vgg_cells": ((256, 256, 3), np.uint8, (50, 350)),
@@ -36,7 +47,7 @@ def test_nearly_coincident_cells_keep_their_own_dot_and_label():
     assert len(np.unique(synth.labels)) == 301
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shapes_dtypes_and_ranges(name):
     shape, dtype, (low, high) = EXPECTED[name]
     for index in range(3):
@@ -182,3 +193,87 @@ def test_nuclei_density_sets_the_count():
         counts = [generate(preset("nuclei", density=density), 0, i).count for i in range(3)]
         expected = density * 512 * 512 / 1e4  # Poisson: within 4 standard deviations
         assert all(abs(c - expected) < 4 * np.sqrt(expected) for c in counts), counts
+
+
+# Small images keep the generalist's tests fast; everything else is the preset's own.
+SMALL = {"size_range": (64, 128)}
+
+
+@pytest.fixture(scope="module")
+def generalist_images():
+    return [generate(preset("generalist", **SMALL), 11, i) for i in range(60)]
+
+
+def test_generalist_spans_modalities_sizes_and_densities(generalist_images):
+    drawn = pd.DataFrame([g.drawn | {"count": g.count} for g in generalist_images])
+    assert set(drawn["modality"]) == {"fluorescence", "brightfield", "histology"}
+    assert set(drawn["objects"]) == {"cells", "nuclei"}
+    assert drawn["diameter_px"].min() < 6 and drawn["diameter_px"].max() > 40
+    assert (drawn["count"] == 0).sum() >= 2  # some empty images...
+    assert drawn["coverage"].max() > 0.6  # ...and some confluent ones
+    assert set(drawn["bit_depth"]) == {8, 16} and set(drawn["channels"]) == {1, 3}
+    assert drawn["snr"].min() < 4 and drawn["snr"].max() > 30
+    assert drawn["artefacts"].any() and not drawn["artefacts"].all()
+    assert drawn["height"].between(64, 128).all() and drawn["height"].nunique() > 10
+
+
+def test_generalist_ground_truth_is_exact(generalist_images):
+    for synth in generalist_images:
+        d = synth.drawn
+        dtype = np.uint8 if d["bit_depth"] == 8 else np.uint16
+        assert synth.image.shape == (d["height"], d["width"], d["channels"])
+        assert synth.image.dtype == dtype and synth.labels.shape == synth.image.shape[:2]
+        ids = np.unique(synth.labels)
+        assert synth.count == len(ids[ids > 0]) == synth.labels.max()
+        rows, cols = np.round(synth.points).astype(int).T
+        assert (synth.labels[rows, cols] == np.arange(1, synth.count + 1)).all()
+        assert d["coverage"] == pytest.approx(synth.mask.mean(), abs=1e-4)
+
+
+def test_generalist_modalities_look_their_part(generalist_images):
+    """Histology is 8-bit RGB on near white; fluorescent nuclei are brighter than their
+    surroundings, brightfield and histology nuclei darker."""
+    for synth in generalist_images:
+        modality = synth.drawn["modality"]
+        image = synth.image.astype(float) / np.iinfo(synth.image.dtype).max
+        if modality == "histology":
+            assert synth.image.shape[2] == 3 and synth.image.dtype == np.uint8
+            assert np.percentile(image.min(axis=2), 99) > 0.7  # white glass or pale stroma
+        if synth.count and synth.drawn["objects"] == "nuclei":
+            inside, outside = image.mean(axis=2)[synth.mask], image.mean(axis=2)[~synth.mask]
+            brighter = inside.mean() > outside.mean()
+            assert brighter == (modality == "fluorescence"), synth.drawn
+
+
+def test_histology_is_purple_nuclei_on_pink():
+    images = [generate(preset("generalist", **SMALL, modalities=(0, 0, 1)), 1, i) for i in range(8)]
+    nuclei = np.concatenate([g.image[g.mask].astype(float) for g in images if g.count])
+    assert np.median(nuclei[:, 2] - nuclei[:, 1]) > 20  # haematoxylin: blue over green
+    tissue = np.concatenate([g.image[~g.mask].astype(float) for g in images])
+    pink = tissue[tissue.min(axis=1) < 200]  # stained, not bare glass
+    assert np.median(pink[:, 0] - pink[:, 1]) > 20  # eosin: red over green
+
+
+def test_generalist_sets_are_reproducible_whatever_the_workers(tmp_path):
+    config = preset("generalist", **SMALL)
+    list(write_set(config, 6, tmp_path / "a", seed=4, workers=1))
+    list(write_set(config, 6, tmp_path / "b", seed=4, workers=2))
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    for name in (f for f in files if (tmp_path / "a" / f).is_file()):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    manifest = pd.read_csv(tmp_path / "a" / "manifest.csv")
+    assert {"modality", "diameter_px", "bit_depth", "count", "coverage"} <= set(manifest.columns)
+    for row in manifest.itertuples():
+        assert row.image.endswith(".png" if row.bit_depth == 8 else ".tif")
+        assert (tmp_path / "a" / row.image).is_file()
+    assert synth_settings(str(tmp_path / "a")) == (str(tmp_path / "a" / "synth.json"), config)
+
+
+def test_randomise_is_off_by_default_and_its_settings_are_validated():
+    assert not any(preset(name).randomise for name in ("vgg_cells", "bbbc005", "nuclei"))
+    config = preset("generalist")
+    assert SynthConfig.from_dict(dataclasses.asdict(config)) == config  # as synth.json holds it
+    with pytest.raises(ValueError, match="diameter_range"):
+        preset("generalist", diameter_range=(1.0, 10.0))
+    with pytest.raises(ValueError, match="modalities"):
+        preset("generalist", modalities=(0.0, 0.0, 0.0))

@@ -21,6 +21,16 @@ foreground mask. Pixels where cells overlap belong to the cell whose centre is r
 and every centre pixel belongs to its own cell, so dots, counts and mask instances agree exactly.
 Image ``i`` of a set with seed ``s`` depends only on ``(s, i)``: sets are reproducible byte for
 byte, whatever the number of workers.
+
+*Domain randomisation* (``randomise``, the ``generalist`` preset) draws every image's own world
+instead: its size; the diameter of the counted objects (nuclei, or whole cells with nuclei); a
+density from empty to confluent, the cells on a jittered hexagonal lattice whose sites are kept
+where a smooth random field is high (scattered cells, colonies, sheets); and the modality:
+fluorescence (grey or coloured stains), brightfield (Beer-Lambert absorption, with a phase
+contrast halo or DIC relief), or H&E histology (haematoxylin nuclei, eosin cytoplasm and
+fibrous stroma on white, with random stain colours). Blur, uneven background, signal-to-noise
+ratio, bit depth and debris (fibres, specks: not cells) vary too. The manifest records what
+each image drew.
 """
 
 from __future__ import annotations
@@ -101,6 +111,15 @@ class SynthConfig:
         channels: channels of the output image (1, or 3 for RGB).
         body_channel, nuclei_channel: the channel showing cell bodies / nuclei (null: not
             shown). Masks and labels outline the bodies if shown, otherwise the nuclei.
+        randomise: domain randomisation: each image draws its own size, cell size, shape,
+            density, modality, optics, noise and bit depth (see the module docstring) from the
+            ranges below and ignores the settings above.
+        diameter_range: smallest and largest diameter (pixels) of the counted objects; drawn
+            log-uniformly.
+        size_range: shortest and longest image side (pixels); height and width drawn apart.
+        modalities: relative frequencies of fluorescence, brightfield and histology images.
+        empty_fraction: fraction of images without cells.
+        artefacts: fraction of images with debris (fibres, specks) that is not counted.
     """
 
     height: int = 256
@@ -139,9 +158,16 @@ class SynthConfig:
     channels: int = 1
     body_channel: int | None = 0
     nuclei_channel: int | None = None
+    randomise: bool = False
+    diameter_range: tuple[float, float] = (4.0, 60.0)
+    size_range: tuple[int, int] = (128, 512)
+    modalities: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    empty_fraction: float = 0.1
+    artefacts: float = 0.2
 
     def __post_init__(self) -> None:
         low, high = self.count_range
+        (smallest, largest), (shortest, longest) = self.diameter_range, self.size_range
         checks = {
             "height and width must be at least 16 pixels": min(self.height, self.width) >= 16,
             "count_range must be (low, high) with 0 <= low <= high": 0 <= low <= high,
@@ -155,6 +181,12 @@ class SynthConfig:
             "focus must be (low, high) with 1 <= low <= high": self.focus is None
             or 1 <= self.focus[0] <= self.focus[1],
             "bit_depth must be 8 or 16": self.bit_depth in (8, 16),
+            "diameter_range must be (low, high) with 2 <= low <= high": 2 <= smallest <= largest,
+            "size_range must be (low, high) with 16 <= low <= high": 16 <= shortest <= longest,
+            "modalities must be frequencies >= 0, not all 0": min(self.modalities) >= 0
+            and sum(self.modalities) > 0,
+            "empty_fraction must be in [0, 1]": 0 <= self.empty_fraction <= 1,
+            "artefacts must be in [0, 1]": 0 <= self.artefacts <= 1,
             "channels must be 1 or 3": self.channels in (1, 3),
             "body_channel / nuclei_channel must name an output channel, and one must be set": (
                 {self.body_channel, self.nuclei_channel} - {None}
@@ -242,6 +274,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         nuclei_channel=0,
         bit_depth=16,
     ),
+    # Every image its own world (domain randomisation, see ``randomise``): nuclei or whole
+    # cells 4-60 px across, from empty to confluent; fluorescence, brightfield or H&E.
+    "generalist": dict(randomise=True),
 }
 
 
@@ -260,6 +295,7 @@ class SynthImage:
     points: np.ndarray  # (N, 2) cell centres, y,x
     labels: np.ndarray  # (H, W) instance ids 1..N, 0 = background
     blur: float  # the per-image focal blur sigma
+    drawn: dict[str, Any] = field(default_factory=dict)  # what a randomised image drew
 
     @property
     def count(self) -> int:
@@ -273,6 +309,8 @@ class SynthImage:
 def generate(config: SynthConfig, seed: int, index: int) -> SynthImage:
     """Simulate image ``index`` of the set with ``seed`` (it depends on nothing else)."""
     rng = np.random.default_rng([seed, index])
+    if config.randomise:
+        return _generate_randomised(config, rng)
     if config.jitter:
         config = _jittered(config, rng)
     count = _draw_count(config, rng)
@@ -294,11 +332,16 @@ def generate(config: SynthConfig, seed: int, index: int) -> SynthImage:
         cells = _cell_pixels(config, centres, shapes, scale)
         if labels is None:  # bodies if shown, else nuclei
             labels = _label_cells(config, cells, centres)
-        layers = _render_cells(config, cells, level * brightness, defocus)
-        texture = np.clip(1 + config.texture * _fine_field(config, rng), 0, None)
-        signal[:, :, channel] = _blur_layers(config, layers * texture, blur)
+        signal[:, :, channel] = _stain(config, cells, level * brightness, defocus, blur, rng)
     image = _measure(config, signal, rng)
     return SynthImage(image, np.round(centres, 2), labels, blur)
+
+
+def _stain(config, cells: _CellPixels, brightness, defocus, blur: float, rng) -> np.ndarray:
+    """The blurred image of the cells' stain: domes of their brightness, textured."""
+    layers = _render_cells(config, cells, brightness, defocus)
+    texture = np.clip(1 + config.texture * _fine_field(config, rng), 0, None)
+    return _blur_layers(config, layers * texture, blur)
 
 
 def _jittered(config: SynthConfig, rng: np.random.Generator) -> SynthConfig:
@@ -400,19 +443,24 @@ def _cell_pixels(
     rows = np.floor(centres[:, 0])[:, None, None].astype(int) + offsets[None, :, None]
     cols = np.floor(centres[:, 1])[:, None, None].astype(int) + offsets[None, None, :]
     dy, dx = rows - centres[:, 0, None, None], cols - centres[:, 1, None, None]
+    distance = np.hypot(dy, dx)
+    # no outline reaches farther: the shape is worked out only for the pixels nearer than this
+    farthest = scale * shapes.axes[:, 0] * np.prod(1 + np.abs(shapes.amplitudes), axis=1)
+    near = (distance < farthest[:, None, None]) & (rows >= 0) & (rows < config.height)
+    near &= (cols >= 0) & (cols < config.width)
+    cell = np.broadcast_to(np.arange(len(centres))[:, None, None], near.shape)[near]
+    dy, dx = np.broadcast_to(dy, near.shape)[near], np.broadcast_to(dx, near.shape)[near]
     theta = np.arctan2(dy, dx)
-    a, b = shapes.axes[:, 0, None, None], shapes.axes[:, 1, None, None]
-    turn = theta - shapes.angle[:, None, None]
+    a, b = shapes.axes[cell, 0], shapes.axes[cell, 1]
+    turn = theta - shapes.angle[cell]
     boundary = a * b / np.hypot(b * np.cos(turn), a * np.sin(turn))
     for k in range(N_HARMONICS):
-        wobble = np.cos((k + 2) * theta + shapes.phases[:, k, None, None])
-        boundary *= 1 + shapes.amplitudes[:, k, None, None] * wobble
-    relative = np.hypot(dy, dx) / (scale * boundary)
-    inside = (relative < 1) & (rows >= 0) & (rows < config.height)
-    inside &= (cols >= 0) & (cols < config.width)
-    cell = np.broadcast_to(np.arange(len(centres))[:, None, None], inside.shape)[inside]
-    pixel = (rows * config.width + cols)[inside]
-    return _CellPixels(cell, pixel, relative[inside])
+        wobble = np.cos((k + 2) * theta + shapes.phases[cell, k])
+        boundary *= 1 + shapes.amplitudes[cell, k] * wobble
+    relative = distance[near] / (scale * boundary)
+    inside = relative < 1
+    pixel = (rows * config.width + cols)[near]
+    return _CellPixels(cell[inside], pixel[inside], relative[inside])
 
 
 def _label_cells(config: SynthConfig, cells: _CellPixels, centres: np.ndarray) -> np.ndarray:
@@ -420,7 +468,7 @@ def _label_cells(config: SynthConfig, cells: _CellPixels, centres: np.ndarray) -
     to, and each centre pixel to its own cell (see ``_free``: they differ)."""
     order = np.lexsort((cells.relative, cells.pixel))
     pixel = cells.pixel[order]
-    first = np.r_[True, pixel[1:] != pixel[:-1]]
+    first = np.diff(pixel, prepend=-1) != 0
     labels = np.zeros(config.height * config.width, np.uint32)
     labels[pixel[first]] = cells.cell[order][first] + 1
     labels = labels.reshape(config.height, config.width)
@@ -491,6 +539,11 @@ def _measure(config: SynthConfig, signal: np.ndarray, rng: np.random.Generator) 
     background = config.background * np.clip(1 + variation, 0, None)
     light = signal + background[:, :, None]
     light[:, :, unstained] = config.bleed * light[:, :, stained].mean(axis=2, keepdims=True)
+    return _camera(config, light, rng)
+
+
+def _camera(config: SynthConfig, light: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uneven illumination, photon and read noise, quantisation of ``light`` (H, W, C)."""
     light *= _vignetting(config, rng)[:, :, None]
     if config.photons is not None:
         light = rng.poisson(light * config.photons) / config.photons
@@ -509,6 +562,313 @@ def _vignetting(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return (1 - config.illumination * falloff).astype(np.float32)
 
 
+# Domain randomisation (``SynthConfig.randomise``)
+MODALITIES = ("fluorescence", "brightfield", "histology")
+SNR_RANGE = {"fluorescence": (2.0, 80.0), "brightfield": (2.0, 80.0), "histology": (8.0, 100.0)}
+HAEMATOXYLIN = (0.650, 0.704, 0.286)  # optical density per unit stain in R, G, B (Ruifrok 2001)
+EOSIN = (0.072, 0.990, 0.105)
+MIN_STEP = 3.0  # pixels between lattice sites: twice MIN_SPACING, leaving room for jitter
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What a randomised image drew, beyond its own concrete settings."""
+
+    config: SynthConfig  # size, cell size and shape, blur, bit depth, channels
+    modality: str
+    whole_cells: bool  # cell bodies with nuclei (the cells are counted), or nuclei only
+    fill: float  # fraction of lattice sites holding a cell: 0 empty, 1 confluent
+    step: float  # lattice spacing in pixels
+    jitter: float  # random shift of the sites, in lattice steps
+    clustering: float  # how strongly cells gather where a smooth random field is high
+    snr: float  # contrast of the cells over the standard deviation of the noise
+    artefacts: bool
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's columns for this image."""
+        c = self.config
+        return {
+            "modality": self.modality,
+            "objects": "cells" if self.whole_cells else "nuclei",
+            "diameter_px": round(2 * c.radius, 2),
+            "height": c.height,
+            "width": c.width,
+            "channels": c.channels,
+            "bit_depth": c.bit_depth,
+            "fill": round(self.fill, 4),
+            "clustering": round(self.clustering, 3),
+            "snr": round(self.snr, 2),
+            "artefacts": self.artefacts,
+        }
+
+
+@dataclass
+class _Maps:
+    """The stains of a randomised image before the modality's optics, all (H, W), about 0-1."""
+
+    body: np.ndarray
+    nuclei: np.ndarray
+    debris: np.ndarray
+    field: np.ndarray  # the smooth random field the cells gather in (tissue in histology)
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _generate_randomised(config: SynthConfig, rng: np.random.Generator) -> SynthImage:
+    """An image of a world of its own (see ``SynthConfig.randomise``)."""
+    scene = _draw_scene(config, rng)
+    c = scene.config
+    field = _smooth_field(c, rng)
+    # rounded first, so that the stored dots are the centres the labels were made from
+    centres = np.round(_lattice_centres(scene, field, rng), 2)
+    count = len(centres)
+    radii = c.radius * np.clip(1 + c.radius_std * rng.standard_normal(count), 0.5, 2)
+    shapes = _random_shapes(c, radii, rng)
+    brightness = np.clip(1 + c.intensity_std * rng.standard_normal(count), 0.15, None)
+    defocus = rng.integers(0, DEFOCUS_LEVELS, count)
+    blur = c.blur[0]
+    nuclei = _cell_pixels(c, _nucleus_centres(scene, centres, radii, rng), shapes, c.nucleus_ratio)
+    bodies = _cell_pixels(c, centres, shapes, 1.0) if scene.whole_cells else None
+    labels = _label_cells(c, nuclei if bodies is None else bodies, centres)
+    empty = np.zeros((c.height, c.width), np.float32)
+    maps = _Maps(
+        body=empty if bodies is None else _stain(c, bodies, brightness, defocus, blur, rng),
+        nuclei=_stain(c, nuclei, brightness, defocus, blur, rng),
+        debris=_debris(scene, rng) if scene.artefacts else empty,
+        field=field,
+    )
+    image = RENDERERS[scene.modality](scene, maps, rng)
+    drawn = scene.record() | {"coverage": round(float((labels > 0).mean()), 4)}
+    return SynthImage(image, centres, labels, blur, drawn)
+
+
+def _draw_scene(config: SynthConfig, rng: np.random.Generator) -> _Scene:
+    """This image's world; the optics of its modality are drawn when it is rendered."""
+    modality = MODALITIES[rng.choice(3, p=np.divide(config.modalities, sum(config.modalities)))]
+    whole_cells = bool(rng.random() < 0.5)
+    diameter = _log_uniform(rng, *config.diameter_range)
+    height, width = (
+        int(n) for n in rng.integers(config.size_range[0], config.size_range[1] + 1, 2)
+    )
+    empty = rng.random() < config.empty_fraction
+    step = max(diameter * rng.uniform(0.8, 1.1), MIN_STEP)
+    concrete = dataclasses.replace(
+        config,
+        randomise=False,
+        height=height,
+        width=width,
+        radius=diameter / 2,
+        radius_std=rng.uniform(0.05, 0.25),
+        elongation=rng.uniform(0.05, 0.5),
+        irregularity=rng.uniform(0.02, 0.2),
+        nucleus_ratio=rng.uniform(0.35, 0.65) if whole_cells else 1.0,
+        dome=rng.uniform(0.0, 1.5),
+        intensity_std=rng.uniform(0.1, 0.4),
+        texture=rng.uniform(0.05, 0.4),
+        texture_scale=max(0.7, diameter * rng.uniform(0.03, 0.1)),
+        blur=(float(np.clip(diameter * _log_uniform(rng, 0.02, 0.2), 0.4, 8.0)),) * 2,
+        cell_blur=diameter * rng.uniform(0.0, 0.08),
+        halo=rng.uniform(0.0, 0.3) if modality == "fluorescence" else 0.0,
+        halo_blur=max(2.0, diameter * rng.uniform(0.5, 2.0)),
+        illumination=rng.uniform(0.0, 0.5),
+        **_channels(modality, whole_cells, rng),
+    )
+    return _Scene(
+        concrete,
+        modality,
+        whole_cells,
+        fill=0.0 if empty else _draw_fill(height * width / (np.sqrt(3) / 2 * step**2), rng),
+        step=step,
+        # neighbours are a step apart and each moves by jitter x step: they stay MIN_SPACING apart
+        jitter=min(rng.uniform(0.15, 0.35), (1 - MIN_SPACING / step) / 2 - 0.01),
+        clustering=rng.uniform(0.0, 3.0),
+        snr=_log_uniform(rng, *SNR_RANGE[modality]),
+        artefacts=bool(rng.random() < config.artefacts),
+    )
+
+
+def _draw_fill(sites: float, rng: np.random.Generator) -> float:
+    """Log-uniform from 0.5% of the lattice's sites (or about 2 cells) to confluent (all)."""
+    least = min(max(0.005, 2 / sites), 1.0)
+    return min(_log_uniform(rng, least, 1.5), 1.0)
+
+
+def _channels(modality: str, whole_cells: bool, rng: np.random.Generator) -> dict[str, Any]:
+    """Bit depth and channels: 8-bit RGB histology; grey 8/16-bit brightfield; fluorescence
+    grey, or RGB with blue nuclei and red or green cell bodies."""
+    if modality == "histology":
+        return dict(bit_depth=8, channels=3, body_channel=0, nuclei_channel=2)
+    bit_depth = 16 if rng.random() < 0.3 else 8
+    if modality == "fluorescence" and rng.random() < 0.3:
+        body = int(rng.integers(2)) if whole_cells else None
+        return dict(bit_depth=bit_depth, channels=3, body_channel=body, nuclei_channel=2)
+    return dict(
+        bit_depth=bit_depth, channels=1, body_channel=0 if whole_cells else None, nuclei_channel=0
+    )
+
+
+def _lattice_centres(scene: _Scene, field: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random subset (``fill``) of the sites of a jittered hexagonal lattice of random
+    orientation, the sites where ``field`` is high preferred (``clustering``): scattered cells,
+    colonies or confluent sheets, whose centres are never nearer than ``MIN_SPACING``."""
+    c = scene.config
+    n = int(np.ceil(np.hypot(c.height, c.width) / 2 / scene.step)) + 1
+    j, i = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
+    y, x = j.ravel() * np.sqrt(3) / 2 * scene.step, (i + j % 2 / 2).ravel() * scene.step
+    angle = rng.uniform(0, np.pi)
+    shift = rng.uniform(-0.5, 0.5, 2) * scene.step + (np.array([c.height, c.width]) - 1) / 2
+    reach = scene.jitter * scene.step * np.sqrt(rng.random(y.size))
+    turn = rng.uniform(0, 2 * np.pi, y.size)
+    sites = np.stack(
+        [
+            y * np.cos(angle) - x * np.sin(angle) + shift[0] + reach * np.sin(turn),
+            y * np.sin(angle) + x * np.cos(angle) + shift[1] + reach * np.cos(turn),
+        ],
+        axis=1,
+    )
+    sites = sites[((sites >= 0) & (sites <= [c.height - 1, c.width - 1])).all(axis=1)]
+    rows, cols = np.round(sites).astype(int).T
+    score = scene.clustering * field[rows, cols] + rng.standard_normal(len(sites))
+    return sites[np.argsort(-score, kind="stable")[: rng.binomial(len(sites), scene.fill)]]
+
+
+def _nucleus_centres(scene: _Scene, centres, radii, rng: np.random.Generator) -> np.ndarray:
+    """Nuclei sit near, not exactly at, the centres of whole cells."""
+    if not scene.whole_cells:
+        return centres
+    shift = (1 - scene.config.nucleus_ratio) * radii * rng.uniform(0, 0.5, len(radii))
+    angle = rng.uniform(0, 2 * np.pi, len(radii))
+    return centres + shift[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=1)
+
+
+def _debris(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Fibres (smooth random walks) and, beside cells of 10 pixels or more, specks."""
+    c = scene.config
+    canvas = np.zeros((c.height, c.width), np.float32)
+    for _ in range(rng.integers(1, 4)):
+        steps = int(rng.uniform(0.1, 0.6) * (c.height + c.width))
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.1, steps))
+        start = rng.uniform(0, 1, 2) * (c.height, c.width)
+        path = start + 0.7 * np.cumsum(np.stack([np.sin(heading), np.cos(heading)], 1), 0)
+        _draw(canvas, path, 1.0)
+    if 2 * c.radius >= 10:
+        specks = rng.integers(0, 30)
+        _draw(canvas, rng.uniform(0, 1, (specks, 2)) * (c.height, c.width), rng.uniform(1, 4))
+    canvas = ndimage.gaussian_filter(canvas, rng.uniform(0.5, 1.2))
+    return canvas / (canvas.max() + 1e-12)
+
+
+def _draw(canvas: np.ndarray, points: np.ndarray, value: float) -> None:
+    """Set the pixels nearest ``points`` (inside the canvas) to ``value``."""
+    rows, cols = np.round(points).astype(int).T
+    inside = (rows >= 0) & (rows < canvas.shape[0]) & (cols >= 0) & (cols < canvas.shape[1])
+    canvas[rows[inside], cols[inside]] = value
+
+
+def _noisy(
+    config: SynthConfig, level: float, contrast: float, snr: float, rng: np.random.Generator
+) -> SynthConfig:
+    """Settings whose photon and read noise have, together, the standard deviation
+    ``contrast / snr`` at light ``level``; photon noise makes a random share of it."""
+    sigma = contrast / snr
+    shot = rng.uniform(0.3, 1.0)
+    return dataclasses.replace(
+        config, photons=level / (shot * sigma**2), read_noise=sigma * np.sqrt(1 - shot)
+    )
+
+
+def _fluorescence(scene: _Scene, maps: _Maps, rng: np.random.Generator) -> np.ndarray:
+    """Bright stains on a dark, autofluorescent background."""
+    c = scene.config
+    level = _log_uniform(rng, 0.15 if c.bit_depth == 8 else 0.02, 1.0)
+    signal = np.zeros((c.height, c.width, c.channels), np.float32)
+    if c.channels == 1 and scene.whole_cells:  # one stain: nuclei brighter or dimmer
+        nuclei = rng.uniform(-0.6, 1.5)
+        grey = (maps.body + nuclei * maps.nuclei) / max(1.0, 1.0 + nuclei)
+        signal[:, :, 0] = level * np.clip(grey, 0, None)
+    elif c.channels == 1:
+        signal[:, :, 0] = level * maps.nuclei
+    else:
+        signal[:, :, c.nuclei_channel] = level * maps.nuclei
+        if c.body_channel is not None:
+            signal[:, :, c.body_channel] = level * rng.uniform(0.3, 1.0) * maps.body
+    signal += level * rng.uniform(0.3, 2.0) * maps.debris[:, :, None]
+    c = dataclasses.replace(
+        c,
+        background=level * _log_uniform(rng, 0.02, 0.5),
+        autofluorescence=rng.uniform(0.05, 0.5),
+        background_texture=rng.uniform(0.0, 0.3),
+        bleed=rng.uniform(0.0, 0.05),
+    )
+    return _measure(_noisy(c, level + c.background, level, scene.snr, rng), signal, rng)
+
+
+def _brightfield(scene: _Scene, maps: _Maps, rng: np.random.Generator) -> np.ndarray:
+    """Transmitted light: cells absorb a little (Beer-Lambert), nuclei more; phase contrast
+    adds a bright halo around them, DIC a relief."""
+    c = scene.config
+    lamp = rng.uniform(0.55, 0.9)
+    body, nuclei = _log_uniform(rng, 0.08, 0.6), _log_uniform(rng, 0.05, 1.0)
+    density = body * maps.body + nuclei * maps.nuclei + rng.uniform(0.3, 1.5) * maps.debris
+    seen = np.exp(-density)
+    if rng.random() < 0.4:  # phase contrast: light from the cells spread around them
+        width = max(1.0, 2 * c.radius * rng.uniform(0.1, 0.3))
+        seen += rng.uniform(0.5, 2.0) * (ndimage.gaussian_filter(density, width) - density)
+    if rng.random() < 0.25:  # DIC: shaded along a random direction
+        angle = rng.uniform(0, 2 * np.pi)
+        dy, dx = np.gradient(density)
+        seen += c.radius * rng.uniform(0.3, 1.0) * (np.sin(angle) * dy + np.cos(angle) * dx)
+    variation = rng.uniform(0, 0.06) * _smooth_field(c, rng)
+    variation += rng.uniform(0, 0.03) * _fine_field(c, rng)
+    light = lamp * (1 + variation) * np.clip(seen, 0, None)
+    contrast = lamp * (1 - np.exp(-max(body, nuclei)))
+    return _camera(_noisy(c, lamp, contrast, scene.snr, rng), light[:, :, None], rng)
+
+
+def _histology(scene: _Scene, maps: _Maps, rng: np.random.Generator) -> np.ndarray:
+    """H&E in transmitted light: haematoxylin (purple) nuclei, eosin (pink) cytoplasm and
+    fibrous stroma, white where there is no tissue; stain colours vary from slide to slide."""
+    c = scene.config
+    tissue = np.clip((maps.field - rng.uniform(-2.5, 0.3)) / rng.uniform(0.2, 1.0), 0, 1)
+    stroma = tissue * np.clip(1 + rng.uniform(0.05, 0.3) * _fibres(c, rng), 0, 2)
+    stroma *= 1 - np.clip(maps.body, 0, 1)  # cells push the stroma aside
+    haematoxylin = rng.uniform(0.3, 1.2) * maps.nuclei + rng.uniform(0, 0.12) * stroma
+    eosin = rng.uniform(0.02, 0.25) * stroma + _log_uniform(rng, 0.03, 0.5) * maps.body
+    density = (
+        haematoxylin[:, :, None] * _stain_colour(HAEMATOXYLIN, rng)
+        + eosin[:, :, None] * _stain_colour(EOSIN, rng)
+        + rng.uniform(0.3, 1.0) * maps.debris[:, :, None]
+    )
+    light = rng.uniform(0.88, 0.98, 3) * 10.0 ** (-density)
+    # noise relative to a nucleus, about half as bright as the near-white slide
+    return _camera(_noisy(c, 0.9, 0.5, scene.snr, rng), light.astype(np.float32), rng)
+
+
+def _fibres(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Fibrous texture (the collagen of stroma): noise smoothed 2-4 times more along a random
+    direction than across it; zero mean, unit spread."""
+    fy = np.fft.fftfreq(config.height)[:, None]
+    fx = np.fft.rfftfreq(config.width)[None, :]
+    angle = rng.uniform(0, np.pi)
+    along, across = fy * np.cos(angle) + fx * np.sin(angle), fx * np.cos(angle) - fy * np.sin(angle)
+    sigma = config.texture_scale * np.array([rng.uniform(2, 4), 1.0])
+    gain = np.exp(-2 * np.pi**2 * ((sigma[0] * along) ** 2 + (sigma[1] * across) ** 2))
+    noise = np.fft.rfft2(rng.standard_normal((config.height, config.width)))
+    fibres = np.fft.irfft2(noise * gain, s=(config.height, config.width))
+    return (fibres / (fibres.std() + 1e-12)).astype(np.float32)
+
+
+def _stain_colour(density: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """A stain's optical densities in R, G, B, varied as between slides and labs."""
+    colour = np.array(density) * np.exp(0.15 * rng.standard_normal(3))
+    return (colour / np.linalg.norm(colour)).astype(np.float32)
+
+
+RENDERERS = {"fluorescence": _fluorescence, "brightfield": _brightfield, "histology": _histology}
+
+
 def image_name(index: int) -> str:
     return f"synth_{index:05d}"
 
@@ -517,8 +877,8 @@ def write_image(out: Path, config: SynthConfig, seed: int, index: int) -> dict[s
     """Generate image ``index`` and write it, its dots, labels and mask; return its manifest row."""
     synth = generate(config, seed, index)
     name = image_name(index)
-    suffix = ".png" if config.bit_depth == 8 else ".tif"
-    image = synth.image[:, :, 0] if config.channels == 1 else synth.image
+    suffix = ".png" if synth.image.dtype == np.uint8 else ".tif"
+    image = synth.image[:, :, 0] if synth.image.shape[2] == 1 else synth.image
     _write_array(out / f"{name}{suffix}", image)
     write_points_csv(out / f"{name}.csv", synth.points)
     labels = synth.labels.astype(np.uint16 if synth.count < 2**16 else np.uint32)
@@ -531,6 +891,7 @@ def write_image(out: Path, config: SynthConfig, seed: int, index: int) -> dict[s
         "mask": f"masks/{name}.png",
         "count": synth.count,
         "blur_sigma": round(synth.blur, 4),
+        **synth.drawn,
     }
 
 
