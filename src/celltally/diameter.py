@@ -7,10 +7,13 @@ same area ``A``), in pixels; an image's cell diameter is the median over its cel
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import ndimage
+from skimage.feature import peak_local_max
 
-from celltally.data.images import downsample, to_grid_points
+from celltally.data.images import downsample, to_grid_points, to_image_points
 
 MIN_INTERIOR = 5  # whole instances needed before those cut by the border are left out
 
@@ -43,6 +46,10 @@ BOX_VARIANCE = 1.0 / 12.0  # the blur, in reduced pixels, that block-averaging a
 # the peak scale is 3.28. 3.2 has the same median error there (12.2% vs 12.0%) and keeps
 # hard-edged discs within 13%.
 DIAMETER_PER_SIGMA = 3.2
+SPECTRAL_PER_SIGMA = 2.45  # the same for the scale of the spectrum's LoG energy (train median)
+BLIND_PER_SIGMA = 3.0  # the same for the scale found at detected blobs (train median)
+SEED_FRACTION = 0.1  # blobs weaker than this fraction of the strong ones are not seeds
+SPECTRUM_BINS = 256  # log-spaced bins of spatial frequency
 
 
 def sigmas() -> np.ndarray:
@@ -61,22 +68,28 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return image.mean(axis=2)
 
 
-def scale_space(grey: np.ndarray):
-    """Yield ``(sigma, factor, response)``: the scale-normalised LoG ``-sigma^2 LoG`` (positive on
-    bright blobs) of ``grey`` at each of ``sigmas()``, on the image block-averaged ``factor`` times.
+Level = tuple[float, int, np.ndarray]  # (sigma, factor, response): one scale of the space
+
+
+def scale_space(grey: np.ndarray) -> list[Level]:
+    """The scale-normalised LoG ``-sigma^2 LoG`` (positive on bright blobs) of ``grey`` at each
+    of ``sigmas()``, as ``(sigma, factor, response)``: computed on the image block-averaged
+    ``factor`` times.
 
     Large scales on a reduced image keep the cost near that of the full-resolution small scales
-    (under 0.5 s for 1 Mpx); the reduced sigma is corrected for the block average's own blur so
+    (about 0.5 s for 1 Mpx); the reduced sigma is corrected for the block average's own blur so
     that the response is the same as at full resolution.
     """
     reduced = {1: grey}
+    levels = []
     for sigma in sigmas():
         factor = int(2 ** max(0, np.floor(np.log2(sigma / MIN_LEVEL_SIGMA))))
         if factor not in reduced:
             reduced[factor] = downsample(grey, factor)
         level_sigma = np.sqrt((sigma / factor) ** 2 - (BOX_VARIANCE if factor > 1 else 0.0))
         log = ndimage.gaussian_laplace(reduced[factor], level_sigma, mode="reflect")
-        yield sigma, factor, -(level_sigma**2) * log
+        levels.append((float(sigma), factor, -(level_sigma**2) * log))
+    return levels
 
 
 def bright_polarity(grey: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -100,23 +113,120 @@ def diameter_at_points(image: np.ndarray, points: np.ndarray) -> float:
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     if len(points) == 0:
         return float("nan")
-    grey_image = bright_polarity(to_grey(image), points)
-    scales, totals = [], []
-    for sigma, factor, response in scale_space(grey_image):
-        at = to_grid_points(points, factor).T
-        totals.append(ndimage.map_coordinates(response, at, order=1, mode="nearest").sum())
-        scales.append(sigma)
-    return DIAMETER_PER_SIGMA * _peak_scale(np.array(scales), np.array(totals))
+    levels = scale_space(bright_polarity(to_grey(image), points))
+    return DIAMETER_PER_SIGMA * _peak_scale(levels, points)[0]
 
 
-def _peak_scale(scales: np.ndarray, values: np.ndarray) -> float:
-    """The scale of the maximum of ``values``, refined by a parabola through it and its two
-    neighbours in log-scale (scales are log-spaced, so the step is constant)."""
-    best = int(np.argmax(values))
-    if best in (0, len(values) - 1):
-        return float(scales[best])
-    left, mid, right = values[best - 1 : best + 2]
+def _responses(levels: list[Level], points: np.ndarray) -> np.ndarray:
+    """``(S, N)``: each scale's response at each point (bilinear, in full-resolution pixels)."""
+    return np.array(
+        [
+            ndimage.map_coordinates(
+                response, to_grid_points(points, factor).T, order=1, mode="nearest"
+            )
+            for _, factor, response in levels
+        ]
+    )
+
+
+def _peak_scale(levels: list[Level], points: np.ndarray) -> tuple[float, float]:
+    """The scale of the strongest response summed over ``points``, refined by a parabola through
+    it and its two neighbours in log-scale (the scales are log-spaced, so the step is constant),
+    and the mean response there."""
+    scales = np.array([sigma for sigma, _, _ in levels])
+    totals = _responses(levels, points).sum(axis=1)
+    best = int(np.argmax(totals))
+    strength = float(totals[best] / len(points))
+    if best in (0, len(totals) - 1):
+        return float(scales[best]), strength
+    left, mid, right = totals[best - 1 : best + 2]
     curvature = left - 2.0 * mid + right
     shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
-    step = np.log(scales[1] / scales[0])
-    return float(scales[best] * np.exp(shift * step))
+    return float(scales[best] * np.exp(shift * np.log(scales[1] / scales[0]))), strength
+
+
+class DiameterEstimate(NamedTuple):
+    """A blind cell-diameter estimate (px) and its confidence: the mean normalised LoG response
+    at the blobs it was measured on, in units of the image's intensity range. Real nuclei give
+    about 0.3 (train median; 5th percentile 0.05), uniform noise 0.1-0.2; a flat image gives 0
+    and a placeholder diameter, not a measurement: leave such images unscaled."""
+
+    diameter: float
+    confidence: float
+
+
+def estimate_diameter(image: np.ndarray) -> float:
+    """The cell diameter (px) of an ``(H, W, C)`` image without annotations (see
+    ``measure_diameter``); always finite."""
+    return measure_diameter(image).diameter
+
+
+def measure_diameter(image: np.ndarray) -> DiameterEstimate:
+    """Estimate the cell diameter of an image blind, with a confidence.
+
+    Two steps. The power spectrum seen through the normalised LoG's band-pass gives a first
+    scale: the one holding most of the image's blob-like energy; it is fast and not fooled by
+    texture inside nuclei, but crowding and large structures pull it. The LoG maxima at that
+    scale then serve as seeds (stand-in annotations) for the method of ``diameter_at_points``,
+    which measures the blobs themselves.
+
+    Median relative error against ``mask_diameter`` on train images: 9.8% (dsb2018
+    fluorescence 9.0%, histology 14.2%, coelho2009 10.5%), against 12.6% for the spectral scale
+    alone (coelho2009 17.4%) and 12-22% for the scale of detected scale-space maxima (strongest
+    blob, median of the strongest; coelho2009 40-56%, as nuclear texture makes small blobs).
+    It fails on dsb2018's brightfield images (about 6 times too large): the pale squamous cells
+    around the small dark nuclei hold most of the contrast, and are measured instead.
+    """
+    grey = normalised_grey(image)
+    if not grey.any():
+        return DiameterEstimate(SPECTRAL_PER_SIGMA * SIGMA_RANGE[0], 0.0)
+    first = _spectral_scale(grey)
+    levels = scale_space(grey)
+    seeds = _seeds(levels, first * SPECTRAL_PER_SIGMA / BLIND_PER_SIGMA)
+    if len(seeds) == 0:
+        return DiameterEstimate(SPECTRAL_PER_SIGMA * first, 0.0)
+    scale, strength = _peak_scale(levels, seeds)
+    return DiameterEstimate(BLIND_PER_SIGMA * scale, max(strength, 0.0))
+
+
+def normalised_grey(image: np.ndarray) -> np.ndarray:
+    """The grey image scaled so that its 0.5 and 99.5 percentiles are 0 and 1 and turned so that
+    nuclei are bright: inverted when the median, i.e. the background that covers most of an
+    image, is in the upper half of that range (brightfield, histology). Flat images are 0."""
+    grey = to_grey(image)
+    low, median, high = np.percentile(grey, [0.5, 50.0, 99.5])
+    if high <= low:
+        return np.zeros_like(grey)
+    scaled = (grey - low) / (high - low)
+    return 1.0 - scaled if median - low > (high - low) / 2 else scaled
+
+
+def _spectral_scale(grey: np.ndarray) -> float:
+    """The scale whose normalised LoG passes most of ``grey``'s energy: the radial power
+    spectrum, weighted by the LoG's squared frequency response ``(s^2 k^2)^2 exp(-s^2 k^2)``."""
+    power = np.abs(np.fft.rfft2(grey - grey.mean())) ** 2
+    fy = np.fft.fftfreq(grey.shape[0])[:, None]
+    fx = np.fft.rfftfreq(grey.shape[1])[None, :]
+    k = 2.0 * np.pi * np.hypot(fy, fx)
+    edges = np.geomspace(k[k > 0].min(), k.max() * 1.0001, SPECTRUM_BINS + 1)
+    binned = np.bincount(
+        np.searchsorted(edges, k.ravel()), weights=power.ravel(), minlength=SPECTRUM_BINS + 2
+    )[1:-1]
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    band = (sigmas()[:, None] * centres[None, :]) ** 2
+    energy = (band**2 * np.exp(-band)) @ binned
+    return float(sigmas()[int(np.argmax(energy))])
+
+
+def _seeds(levels: list[Level], sigma: float) -> np.ndarray:
+    """Centres of the blobs at the scale nearest ``sigma``: the response's local maxima at least
+    ``SEED_FRACTION`` of the strong ones (95th percentile), ``(N, 2)`` in image pixels."""
+    scale, factor, response = min(levels, key=lambda level: abs(np.log(level[0] / sigma)))
+    peaks = peak_local_max(
+        response, min_distance=max(1, round(scale / factor)), exclude_border=False
+    )
+    if len(peaks) == 0:
+        return np.zeros((0, 2))
+    values = response[peaks[:, 0], peaks[:, 1]]
+    strong = values >= SEED_FRACTION * max(np.percentile(values, 95), 0.0)
+    return to_image_points(peaks[strong & (values > 0)].astype(float), factor)
