@@ -38,16 +38,15 @@ def mask_diameter(labels: np.ndarray) -> float:
 
 
 SIGMA_RANGE = (1.0, 64.0)  # px; 64 reaches cells of ~180 px diameter (Coelho's are ~115)
-SCALES_PER_OCTAVE = 6
-MIN_LEVEL_SIGMA = 1.0  # a scale is computed on the image reduced until sigma is 1-2 of its pixels
+SCALES_PER_OCTAVE = 4
+MIN_LEVEL_SIGMA = 2.0  # a scale is computed on the image reduced until sigma is 2-4 of its pixels
 BOX_VARIANCE = 1.0 / 12.0  # the blur, in reduced pixels, that block-averaging adds
-# Diameter per peak scale. A disc of radius r peaks at sigma = r / sqrt(2) (2 sqrt 2 = 2.83), but
-# real nuclei read larger: on dsb2018 + coelho2009 train images the median of mask_diameter over
-# the peak scale is 3.28. 3.2 has the same median error there (12.2% vs 12.0%) and keeps
-# hard-edged discs within 13%.
-DIAMETER_PER_SIGMA = 3.2
-SPECTRAL_PER_SIGMA = 2.45  # the same for the scale of the spectrum's LoG energy (train median)
-BLIND_PER_SIGMA = 3.0  # the same for the scale found at detected blobs (train median)
+# Diameter per peak scale, fitted on dsb2018 + coelho2009 train images (the median ratio of
+# mask_diameter to the peak scale). A disc of radius r peaks at sigma = r / sqrt(2), i.e. 2.83,
+# but real nuclei read larger (soft edges, non-round shapes); hard-edged discs read <= 10% large.
+DIAMETER_PER_SIGMA = 3.1  # at annotated centres (train median ratio 3.11)
+SPECTRAL_PER_SIGMA = 2.48  # at the spectrum's LoG-energy scale (2.48)
+BLIND_PER_SIGMA = 3.1  # at detected blobs (3.11)
 SEED_FRACTION = 0.1  # blobs weaker than this fraction of the strong ones are not seeds
 SPECTRUM_BINS = 256  # log-spaced bins of spatial frequency
 
@@ -61,8 +60,9 @@ def sigmas() -> np.ndarray:
 
 def to_grey(image: np.ndarray) -> np.ndarray:
     """The ``(H, W)`` mean of an image's colour channels (alpha dropped). On H&E histology it
-    measured better than the haematoxylin channel of colour deconvolution (dsb2018 train: 13.6%
-    vs 14.8% median error of ``diameter_at_points``), so the simpler one is kept."""
+    measured better than the haematoxylin channel of colour deconvolution (median error of
+    ``diameter_at_points`` on dsb2018 train histology: 13.6% vs 14.8%, at 6 scales per octave),
+    so the simpler one is kept."""
     image = np.asarray(image, dtype=np.float32)
     image = image[:, :, :-1] if image.shape[2] in (2, 4) else image
     return image.mean(axis=2)
@@ -108,7 +108,7 @@ def diameter_at_points(image: np.ndarray, points: np.ndarray) -> float:
     The scale space is sampled at the centres only, where the cells are, so background texture
     and debris do not count; the scale of the strongest summed response, refined by a parabola
     in log-scale, times ``DIAMETER_PER_SIGMA`` is the diameter. Median relative error against
-    ``mask_diameter`` on the dsb2018 + coelho2009 train images: 12%.
+    ``mask_diameter`` on the dsb2018 + coelho2009 train images: 7.7%.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     if len(points) == 0:
@@ -148,7 +148,7 @@ def _peak_scale(levels: list[Level], points: np.ndarray) -> tuple[float, float]:
 class DiameterEstimate(NamedTuple):
     """A blind cell-diameter estimate (px) and its confidence: the mean normalised LoG response
     at the blobs it was measured on, in units of the image's intensity range. Real nuclei give
-    about 0.3 (train median; 5th percentile 0.05), uniform noise 0.1-0.2; a flat image gives 0
+    about 0.3 (train median; 5th percentile 0.1), noise 0.1-0.2; a flat image gives 0
     and a placeholder diameter, not a measurement: leave such images unscaled."""
 
     diameter: float
@@ -170,9 +170,9 @@ def measure_diameter(image: np.ndarray) -> DiameterEstimate:
     scale then serve as seeds (stand-in annotations) for the method of ``diameter_at_points``,
     which measures the blobs themselves.
 
-    Median relative error against ``mask_diameter`` on train images: 9.8% (dsb2018
-    fluorescence 9.0%, histology 14.2%, coelho2009 10.5%), against 12.6% for the spectral scale
-    alone (coelho2009 17.4%) and 12-22% for the scale of detected scale-space maxima (strongest
+    Median relative error against ``mask_diameter`` on train images: 7.4% (dsb2018
+    fluorescence 6.4%, histology 13.3%, coelho2009 8.3%), against 12.6% for the spectral scale
+    alone (coelho2009 16.6%) and 12-22% for the scale of detected scale-space maxima (strongest
     blob, median of the strongest; coelho2009 40-56%, as nuclear texture makes small blobs).
     It fails on dsb2018's brightfield images (about 6 times too large): the pale squamous cells
     around the small dark nuclei hold most of the contrast, and are measured instead.
