@@ -56,7 +56,9 @@ def test_mask_diameter_leaves_out_cut_instances_and_empty_is_nan():
 
 
 @pytest.mark.parametrize("radius", RADII)
-@pytest.mark.parametrize(("bright", "rgb"), [(True, False), (False, True), (False, False)])
+@pytest.mark.parametrize(
+    ("bright", "rgb"), [(True, False), (True, True), (False, True), (False, False)]
+)
 def test_estimates_match_the_discs_diameter(radius, bright, rgb):
     image, labels, centres = discs(radius, bright, rgb)
     true = mask_diameter(labels)
