@@ -87,8 +87,8 @@ def scale_space(grey: np.ndarray) -> list[Level]:
     ``factor`` times.
 
     Large scales on a reduced image keep the cost near that of the full-resolution small scales
-    (about 0.5 s for 1 Mpx); the reduced sigma is corrected for the block average's own blur so
-    that the response is the same as at full resolution.
+    (0.5-0.7 s for 1 Mpx on a shared 2-core machine); the reduced sigma is corrected for the
+    block average's own blur so that the response is the same as at full resolution.
     """
     reduced = {1: grey}
     levels = []
@@ -105,7 +105,7 @@ def scale_space(grey: np.ndarray) -> list[Level]:
 def bright_polarity(grey: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``grey`` turned so that nuclei are bright: inverted when the annotated cells' centres are
     darker (median, lightly smoothed) than the image's median, i.e. dark nuclei on a bright
-    background (brightfield, histology)."""
+    background (brightfield; ``to_grey`` already gives stained colour images' nuclei bright)."""
     smooth = ndimage.gaussian_filter(grey, 1.0)
     at_dots = ndimage.map_coordinates(smooth, points.T, order=1, mode="nearest")
     return grey if np.median(at_dots) >= np.median(grey) else -grey
