@@ -793,20 +793,25 @@ def models() -> None:
         ]
         view.add_row(name, f"{sizes[0]:,} / {sizes[1]:,}")
     console.print(view)
-    view = Table(title="bundled models (* the default)")
-    for column in ("name", "architecture", "trained on", "test MAE"):
-        view.add_column(column, no_wrap=True)
     bundled = bundled_models()
+    console.print("[bold]bundled models[/] (* the default)")
     for name, path in bundled.items():
         config = json.loads((path / "config.json").read_text())["config"]
-        info = config.get("training", {})
-        view.add_row(
-            name + (" *" if name == DEFAULT_MODEL else ""),
-            config["arch"],
-            f"{info.get('format', '?')} {info.get('train_pool', '')}".strip(),
-            f"{info.get('test_mae', '?')} ({info.get('test_set', '?')})",
-        )
-    console.print(view)
+        card_file = path / "card.json"
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        diameter = config.get("diameter")
+        fields = {
+            "architecture": config["arch"],
+            "for": card.get("purpose", ""),
+            "cell diameter": "unknown" if diameter is None else f"{diameter:g} px",
+            "trained on": "; ".join(
+                f"{d} ({lic})" for d, lic in card.get("training_data", {}).items()
+            ),
+            "tested": card.get("test", ""),
+        }
+        console.print(f"\n[bold]{name}[/]" + (" *" if name == DEFAULT_MODEL else ""))
+        for key, value in fields.items():
+            console.print(f"  {key:<14}{value}", soft_wrap=False)
     if bundled:
         console.print(f"bundled models are in {next(iter(bundled.values())).parent}")
 

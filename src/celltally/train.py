@@ -107,7 +107,10 @@ class TrainConfig:
         lr_step, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs
             (``finetune_lr`` is used as it is).
         bf16: run the training forward pass in bfloat16 autocast (weights and loss stay float32):
-            about 2x faster on CPUs with AVX512-BF16 or AMX. Inference is always float32.
+            about 2x faster on CPUs with AVX512-BF16 or AMX, but many times slower where
+            bfloat16 is emulated (an AVX2 CPU). ``None`` (the default): on exactly where the
+            CPU has native bfloat16 (``native_bf16``); the run records the value used.
+            Inference is always float32.
         refit_readout: after every epoch, validate (and keep as best) a copy of the model whose
             final 1x1 convolution is refitted by least squares on the whole training images
             (the first ``REFIT_IMAGES``; see ``refit_readout``); training itself goes on with
@@ -157,7 +160,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_step: int = 10
     lr_gamma: float = 0.1
-    bf16: bool = True
+    bf16: bool | None = None
     refit_readout: bool = True
     ema_decay: float = 0.0
     calibrate_counts: bool = False
@@ -167,6 +170,8 @@ class TrainConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = native_bf16()
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got '{self.optimizer}'")
         if self.loss not in LOSSES:
@@ -190,6 +195,11 @@ class TrainConfig:
         architecture's recipe."""
         recipe = architecture(values.get("arch", cls.arch)).recipe
         return config_from_dict(cls, {**recipe, **values})
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 @dataclass

@@ -97,6 +97,14 @@ class ModelConfig:
             cells are of another size to it. ``None``: unknown; images are never rescaled.
         diameter_range: ``[low, high]``: the cell diameters (px) the model counts reliably; an
             image whose estimated diameter lies outside gets a warning.
+        auto_diameter: estimate each image's cell diameter when none is given and rescale the
+            image to ``diameter``: for a model trained with scale jitter (the generalist),
+            which tolerates the estimate's error. A model trained at one scale (the paper
+            models) counts a VGG cells image 2.5x worse when rescaled by a 7% error of the
+            estimate, so it is rescaled only to a diameter the user gives.
+        pick_channel: the image's channel is chosen as ``celltally.data.images.pick_channel``
+            chooses (the model was trained on such choices); else colours are averaged (one
+            input channel) or kept (three), as the paper models were trained.
         max_relative_sigma: the largest predicted standard deviation of a count, relative to
             the count, on the calibration images; a far larger one on a new image gets a
             warning (``celltally.models.ood``).
@@ -122,6 +130,8 @@ class ModelConfig:
     tta: bool = False
     diameter: float | None = None
     diameter_range: list[float] | None = None
+    auto_diameter: bool = False
+    pick_channel: bool = False
     max_relative_sigma: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -231,8 +241,8 @@ class CountingModel(nn.Module):
         Args:
             diameter: the image's cell diameter in pixels; the image is rescaled so that its
                 cells have the model's training ``diameter``. ``None``: estimated from the
-                image (``celltally.diameter.estimate_diameter``) if the model records its
-                training diameter, else the image is not rescaled.
+                image (``celltally.diameter.measure_diameter``) for a model with
+                ``auto_diameter``, else the image is not rescaled.
             channel: the channel holding the cells (0-based); ``None``: chosen as
                 ``celltally.data.images.pick_channel`` documents.
             tile: tile side for large images (default ``config.tile_size``); tiled and whole
@@ -273,17 +283,21 @@ class CountingModel(nn.Module):
         return self.predict(image, **options).points
 
     def _input(
-        self, image: np.ndarray, channel: int | None, source: str | None, separate: bool
+        self, image: np.ndarray, channel: int | None, source: str | None, separate: bool = False
     ) -> tuple[np.ndarray, list[str]]:
-        """The image as the network takes it (its channel or colours) and notes on the choice."""
+        """The image as the network takes it (its channel or colours) and notes on the choice:
+        ``pick_channel``'s choice for a model trained on its choices (``config.pick_channel``),
+        a chosen ``channel``, or images of separate stains; else, as the paper models were
+        trained, the colours averaged (one input channel) or kept (three)."""
         array = np.asarray(image)
         if array.ndim == 3 and array.shape[2] > 4:  # many stains: as_image takes at most 4
-            array = array.astype(np.float32)
-            separate = True
+            array, separate = array.astype(np.float32), True
         else:
             array = as_image(array, source)
-        image, note = pick_channel(array, channel, separate_channels=separate, source=source)
-        return to_channels(image, self.config.in_channels), [note] if note else []
+        note = None
+        if self.config.pick_channel or channel is not None or separate:
+            array, note = pick_channel(array, channel, separate_channels=separate, source=source)
+        return to_channels(array, self.config.in_channels), [note] if note else []
 
     def _diameter(self, image: np.ndarray, given: float | None) -> tuple[float | None, bool]:
         """(the cell diameter to count at, whether it was estimated)."""
@@ -291,9 +305,10 @@ class CountingModel(nn.Module):
             if not (np.isfinite(given) and given > 0):
                 raise InputError(None, f"diameter must be a positive number of pixels, got {given}")
             return float(given), False
-        if self.config.diameter is None:
+        if self.config.diameter is None or not self.config.auto_diameter:
             return None, False
-        return cell_size.estimate_diameter(image), True
+        estimate = cell_size.measure_diameter(image)
+        return (estimate.diameter if estimate.confidence > 0 else float("nan")), True
 
     def _scale(self, diameter: float | None) -> float:
         """How much to rescale an image with cells of ``diameter`` so that they have the
@@ -406,7 +421,7 @@ class CountingModel(nn.Module):
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
         """Raw image -> ``downsample``d, normalised, zero-padded ``(C, h + 2 pad, w + 2 pad)``
         float tensor on the model's device."""
-        image = to_channels(as_image(image, source), self.config.in_channels)
+        image = self._input(image, None, source)[0]
         height, width = image.shape[:2]
         factor = self.config.downsample
         if min(height, width) < self.min_size * factor:
