@@ -57,8 +57,11 @@ def save_model(model: CountingModel, folder: str | Path) -> Path:
     return folder
 
 
-def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> CountingModel:
-    """Load a checkpoint folder, a training run folder or a bundled model by name."""
+def load_model(
+    path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu"
+) -> CountingModel:
+    """Load a checkpoint folder, a training run folder or a bundled model by name (default:
+    the default model)."""
     folder = resolve_model(path_or_name)
     record = json.loads((folder / CONFIG_FILE).read_text())
     config = ModelConfig.from_dict(record["config"])
