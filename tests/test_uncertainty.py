@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from celltally import create_model
 from celltally.cli import app
 from celltally.losses import gaussian_nll, total_variation
+from celltally.models import read_config
 from celltally.train import with_variance_head
 from celltally.uncertainty import (
     calibrate_counts,
@@ -190,7 +191,7 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
     data = ["--data", folder, "--format", "points"]
     run("train", *data, "--out", tmp_path / "run", "--n-train", 4, "--n-val", 20,
         *[a for s in settings for a in ("--set", s)])  # fmt: skip
-    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]
+    config = read_config(tmp_path / "run" / "model").to_dict()
     assert len(config["conformal_scores"]) == 20 and config["variance_head"]
     assert config["count_gain"] != 1.0 and config["count_offset"] != 0.0
 
@@ -208,12 +209,12 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
     assert imread(tmp_path / "reliability.png").ndim == 3
 
     run("calibrate", "--model", tmp_path / "run", *data, "--out", tmp_path / "recal")
-    recalibrated = json.loads((tmp_path / "recal" / "config.json").read_text())["config"]
+    recalibrated = read_config(tmp_path / "recal").to_dict()
     assert len(recalibrated["conformal_scores"]) == 30
 
     # the bundled model has no variance head: its counts alone can be calibrated
     result = run("calibrate", *data, "--counts", "--out", tmp_path / "counts_only")
-    counts_only = json.loads((tmp_path / "counts_only" / "config.json").read_text())["config"]
+    counts_only = read_config(tmp_path / "counts_only").to_dict()
     assert counts_only["count_gain"] != 1.0 and not counts_only["conformal_scores"]
     assert "counts: map x" in result.output
     # or fit a variance head, then it gives intervals

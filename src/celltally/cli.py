@@ -40,6 +40,7 @@ from celltally.models import (
     list_models,
     load_model,
     model_hash,
+    read_config,
 )
 from celltally.models.io import resolve_model, save_model, versions
 from celltally.predict import ImageResult, count_file
@@ -796,12 +797,12 @@ def models() -> None:
     bundled = bundled_models()
     console.print("[bold]bundled models[/] (* the default)")
     for name, path in bundled.items():
-        config = json.loads((path / "config.json").read_text())["config"]
+        config = read_config(path)
         card_file = path / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-        diameter = config.get("diameter")
+        diameter = config.diameter
         fields = {
-            "architecture": config["arch"],
+            "architecture": config.arch,
             "for": card.get("purpose", ""),
             "cell diameter": "unknown" if diameter is None else f"{diameter:g} px",
             "trained on": "; ".join(

@@ -39,7 +39,7 @@ from celltally.losses import LOSSES, gaussian_nll
 from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import CountingModel, ModelConfig, create_model, load_model, save_model
 from celltally.models.base import averaging_batch_norm
-from celltally.models.io import WEIGHTS_FILE, versions
+from celltally.models.io import WEIGHTS_FILE, read_config, versions
 from celltally.models.registry import architecture, build_model
 from celltally.predict import choose_peak_threshold
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
@@ -703,10 +703,10 @@ def _resume(
     state_file = out / "last" / "state.pt"
     if not state_file.exists():
         return TrainState()
-    saved_config = json.loads((out / "last" / "config.json").read_text())["config"]
-    if saved_config["arch"] != config.arch:
+    saved = read_config(out / "last")
+    if saved.arch != config.arch:
         raise ValueError(
-            f"{out} holds a {saved_config['arch']} run; use another --out to train {config.arch}"
+            f"{out} holds a {saved.arch} run; use another --out to train {config.arch}"
         )
     payload = torch.load(state_file, weights_only=False)
     model.load_state_dict(load_file(out / "last" / WEIGHTS_FILE))

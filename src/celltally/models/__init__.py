@@ -7,6 +7,7 @@ from celltally.models.io import (
     bundled_models,
     load_model,
     model_hash,
+    read_config,
     resolve_model,
     save_model,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "list_models",
     "load_model",
     "model_hash",
+    "read_config",
     "register_model",
     "resolve_model",
     "save_model",

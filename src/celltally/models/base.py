@@ -168,6 +168,24 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_sections(self) -> dict[str, dict[str, Any]]:
+        """The settings by what they are (``config.json``'s layout): ``architecture`` (frozen
+        when the network is built), ``fitted`` (set by training and calibration: readout,
+        thresholds, calibration, cell size), ``defaults`` (of the per-call options) and
+        ``training`` (provenance)."""
+        values = self.to_dict()
+        sections = {name: {k: values[k] for k in keys} for name, keys in SECTIONS.items()}
+        return {**sections, "training": values["training"]}
+
+    @classmethod
+    def from_sections(cls, record: dict[str, Any]) -> ModelConfig:
+        """A config from ``to_sections``' layout, or from the flat ``{"config": {...}}`` of
+        checkpoints saved before it."""
+        if "config" in record:
+            return cls.from_dict(record["config"])
+        flat = {k: v for name in SECTIONS for k, v in record.get(name, {}).items()}
+        return cls.from_dict({**flat, "training": record.get("training", {})})
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
@@ -177,6 +195,21 @@ class ModelConfig:
                 f"unknown model config keys {sorted(unknown)}; valid keys are {sorted(known)}"
             )
         return cls(**values)
+
+
+# config.json's sections (see ``ModelConfig.to_sections``); ``training`` is the provenance.
+SECTIONS = {
+    "architecture": (
+        "arch", "in_channels", "batch_norm", "frozen_bn", "window_stride", "downsample",
+        "variance_head", "sigma", "scale",
+    ),
+    "fitted": (
+        "conformal_scores", "log_variance_range", "count_gain", "count_offset", "peak_threshold",
+        "min_distance", "diameter", "diameter_range", "auto_diameter", "pick_channel",
+        "max_relative_sigma",
+    ),
+    "defaults": ("tile_size", "tta"),
+}  # fmt: skip
 
 
 class CountingModel(nn.Module):

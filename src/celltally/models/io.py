@@ -1,4 +1,5 @@
-"""Checkpoints: a folder with ``config.json`` (architecture + readout + provenance) and
+"""Checkpoints: a folder with ``config.json`` (architecture, fitted state, defaults of the
+per-call options, provenance: ``ModelConfig.to_sections``) and
 ``model.safetensors``. ``load_model`` rebuilds a model from such a folder, from a training run
 folder (its ``model/`` holds the best checkpoint), or from the name of a bundled model."""
 
@@ -44,7 +45,7 @@ def save_model(model: CountingModel, folder: str | Path) -> Path:
     staging.mkdir()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, staging / WEIGHTS_FILE)
-    record = {"config": model.config.to_dict(), "versions": versions()}
+    record = {**model.config.to_sections(), "versions": versions()}
     (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2))
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -63,11 +64,15 @@ def load_model(
     """Load a checkpoint folder, a training run folder or a bundled model by name (default:
     the default model)."""
     folder = resolve_model(path_or_name)
-    record = json.loads((folder / CONFIG_FILE).read_text())
-    config = ModelConfig.from_dict(record["config"])
-    model = build_model(config)
+    model = build_model(read_config(folder))
     model.load_state_dict(load_file(folder / WEIGHTS_FILE))
     return model.to(device).eval()
+
+
+def read_config(path_or_name: str | Path) -> ModelConfig:
+    """The config of a checkpoint, run folder or bundled model, without building it."""
+    folder = resolve_model(path_or_name)
+    return ModelConfig.from_sections(json.loads((folder / CONFIG_FILE).read_text()))
 
 
 def resolve_model(path_or_name: str | Path) -> Path:
