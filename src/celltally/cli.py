@@ -344,7 +344,7 @@ def synth(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
 ) -> None:
-    """Simulate fluorescence images with exact dots, masks and counts (SIMCEP-style).
+    """Simulate microscopy images with exact dots, masks and counts (SIMCEP-style).
 
     OUT gets <name>.png|.tif + <name>.csv (dots, the layout 'train --format points' reads),
     labels/<name>.tif (instances), masks/<name>.png (foreground), manifest.csv and synth.json.

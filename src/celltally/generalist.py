@@ -17,7 +17,7 @@ that measure how the generalist counts a kind of image it has never seen.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,12 @@ import numpy as np
 
 from celltally.data.collection import REAL_SETS, RealSet, labels_path
 from celltally.data.datasets import Sample
-from celltally.data.images import read_image
+from celltally.data.images import pick_channel, read_image
 from celltally.data.scale import rescaled
 from celltally.data.synth import SynthSample, generate, preset, synth_samples
 from celltally.diameter import diameter_at_points, mask_diameter
 from celltally.models import CountingModel, load_model, save_model
+from celltally.models.size import SIZE_RANGE, VIEWS_PER_IMAGE, fit_size_model, view_at
 from celltally.train import TrainConfig, train
 from celltally.uncertainty import calibration_scores
 
@@ -39,7 +40,8 @@ SCALE_JITTER = 1.25  # training images are drawn at the canonical diameter x [1/
 MIN_SIDE = 112  # rescaled images are padded to at least this side (the patch is 100)
 DOT_DIAMETER_IMAGES = 24  # images of a dot-only set whose median diameter stands for the set
 SYNTH_PRESET = "generalist"
-SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
+SYNTH_SHARE = 1.0
+SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model  # the simulated images' share of the patches, relative to one real set
 
 # The generalist recipe: FCRN-A on RGB (grey images are repeated), with a variance head. No
 # whole-image epochs: over a thousand images of every size they cost more than the patch
@@ -64,6 +66,8 @@ class GeneralistData:
     val: list[Sample]
     sets: list[str]
     diameters: dict[str, list[float]] = field(default_factory=dict)  # set -> per-image, px
+    # set -> its training images as they are, with their cell diameters (px)
+    originals: dict[str, list[tuple[Sample, float]]] = field(default_factory=dict)
 
     def diameter_range(self) -> list[float]:
         every = [d for values in self.diameters.values() for d in values]
@@ -128,6 +132,7 @@ def _add_set(data, name, train_samples, val_samples, diameters_of, real, rng) ->
     data.diameters[name] = train_d + val_d
     share = SYNTH_SHARE if real is None else 1.0
     jitter = np.exp(rng.uniform(-1, 1, len(train_samples)) * np.log(SCALE_JITTER))
+    data.originals[name] = list(zip(train_samples, train_d, strict=True))
     for sample, diameter, wiggle in zip(train_samples, train_d, jitter, strict=True):
         factor = CANONICAL_DIAMETER / diameter * wiggle
         weight = share / len(train_samples)
@@ -165,10 +170,30 @@ def train_generalist(
     model.config.diameter_range = data.diameter_range()
     model.config.auto_diameter = True  # trained with scale jitter
     model.config.pick_channel = True  # as RescaledSample picked it for training
+    model.config.size_model = fit_size_model(model, size_views(data.originals))
     calibrate_as_counted(model, [sample.base for sample in data.val])
     save_model(model, out / "model")
     (out / "diameters.json").write_text(json.dumps(data.diameters))
     return model
+
+
+def size_views(
+    originals: dict[str, list[tuple[Sample, float]]], seed: int = 0
+) -> Iterator[tuple[np.ndarray, float]]:
+    """Training views of the size model: up to ``SIZE_IMAGES_PER_SET`` training images with
+    cells of each set (their channel picked as for counting), each shown ``VIEWS_PER_IMAGE``
+    times at a random size factor of up to ``SIZE_RANGE`` either way of the canonical
+    diameter."""
+    rng = np.random.default_rng(seed)
+    for pairs in originals.values():
+        for index in rng.permutation(len(pairs))[:SIZE_IMAGES_PER_SET]:
+            sample, diameter = pairs[index]
+            image, points = sample.load()
+            if len(points) == 0 or not np.isfinite(diameter):
+                continue
+            image = pick_channel(image, source=sample.image_path)[0]
+            for factor in np.exp(rng.uniform(-1, 1, VIEWS_PER_IMAGE) * np.log(SIZE_RANGE)):
+                yield view_at(image, diameter, CANONICAL_DIAMETER, factor), float(factor)
 
 
 def calibrate_as_counted(model: CountingModel, samples: Sequence[Sample]) -> None:

@@ -43,6 +43,7 @@ from celltally.errors import InputError
 from celltally.models.inference import predict_dihedral, predict_tiled
 from celltally.models.ood import out_of_distribution
 from celltally.models.prediction import Prediction
+from celltally.models.size import size_factor
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
 from celltally.uncertainty import CountInterval, affine_output, check_intervals, interval
 
@@ -108,6 +109,9 @@ class ModelConfig:
         max_relative_sigma: the largest predicted standard deviation of a count, relative to
             the count, on the calibration images; a far larger one on a new image gets a
             warning (``celltally.models.ood``).
+        size_model: the weights of a linear regression of the cell size on the network's
+            pooled features (``celltally.models.size``), which refines the blind diameter
+            estimate; ``None``: the blind estimate alone.
         training: provenance written by ``celltally train`` (data, split, settings, versions).
     """
 
@@ -133,6 +137,7 @@ class ModelConfig:
     auto_diameter: bool = False
     pick_channel: bool = False
     max_relative_sigma: float | None = None
+    size_model: list[float] | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -206,7 +211,7 @@ SECTIONS = {
     "fitted": (
         "conformal_scores", "log_variance_range", "count_gain", "count_offset", "peak_threshold",
         "min_distance", "diameter", "diameter_range", "auto_diameter", "pick_channel",
-        "max_relative_sigma",
+        "max_relative_sigma", "size_model",
     ),
     "defaults": ("tile_size", "tta"),
 }  # fmt: skip
@@ -233,6 +238,11 @@ class CountingModel(nn.Module):
         # layer, if the model has one (``variance_head``; fitted after training by
         # ``celltally.train.fit_variance_head``); fpn_vgg11 learns its variance otherwise.
         self.log_variance: nn.Conv2d | None = None
+
+    @property
+    def size_layer(self) -> nn.Module | None:
+        """The layer whose pooled output the size model reads (``celltally.models.size``)."""
+        return None
 
     @property
     def readout(self) -> nn.Conv2d | None:
@@ -341,7 +351,12 @@ class CountingModel(nn.Module):
         if self.config.diameter is None or not self.config.auto_diameter:
             return None, False
         estimate = cell_size.measure_diameter(image)
-        return (estimate.diameter if estimate.confidence > 0 else float("nan")), True
+        if not estimate.confidence > 0:
+            return float("nan"), True
+        if self.config.size_model is None:
+            return estimate.diameter, True
+        scale = self.config.diameter / estimate.diameter
+        return estimate.diameter * size_factor(self, image, scale), True
 
     def _scale(self, diameter: float | None) -> float:
         """How much to rescale an image with cells of ``diameter`` so that they have the

@@ -79,6 +79,10 @@ class FCRNA(FCRN):
     tile_margin = 64
     min_size = 16
 
+    @property
+    def size_layer(self) -> nn.Module:
+        return self.layers.conv4
+
     @staticmethod
     def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:
         return OrderedDict(
@@ -101,6 +105,10 @@ class FCRNB(FCRN):
     stride = 4
     tile_margin = 64
     min_size = 16
+
+    @property
+    def size_layer(self) -> nn.Module:
+        return self.layers.conv6
 
     @staticmethod
     def build_layers(in_maps: int, bn: bool) -> OrderedDict[str, nn.Module]:

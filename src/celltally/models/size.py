@@ -1,0 +1,86 @@
+"""A learned cell-size model, as cellpose's: the network's own features tell how far an image's
+cells are from the size it was trained at.
+
+The blind scale-space estimate (``celltally.diameter.measure_diameter``) measures blobs, and in
+H&E histology or brightfield the strongest blobs are often not the nuclei (stained texture, the
+pale cells around small dark nuclei). The counting network has learnt what a cell at its
+canonical size looks like; a linear regression on its encoder's pooled features, fitted on
+training images shown at known wrong sizes, reads the remaining size factor. At inference the
+image is first rescaled by the blind estimate, then by the regression's correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from celltally.data.scale import needs_rescaling, rescale_image
+
+if TYPE_CHECKING:
+    from celltally.models.base import CountingModel
+
+# Training views: cells shown at the canonical size times up to this factor either way.
+SIZE_RANGE = 4.0
+VIEWS_PER_IMAGE = 3
+MAX_SIDE = 256  # views are cropped to this, around their centre: the features are averages
+RIDGE = 1e-2  # relative to the mean feature variance
+
+
+@torch.no_grad()
+def pooled_features(model: CountingModel, image: np.ndarray) -> np.ndarray:
+    """The mean and standard deviation over the image of the encoder's deepest features
+    (``model.size_layer``), from the centre ``MAX_SIDE`` x ``MAX_SIDE`` of the image."""
+    image = _centre_crop(image, MAX_SIDE)
+    captured: list[torch.Tensor] = []
+    hook = model.size_layer.register_forward_hook(lambda m, i, output: captured.append(output))
+    was_training = model.training
+    model.eval()
+    try:
+        model.forward_padded(model.prepare(image)[None])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    features = captured[0][0].flatten(1).double()
+    return torch.cat([features.mean(1), features.std(1)]).numpy()
+
+
+def fit_size_model(model: CountingModel, views: Iterable[tuple[np.ndarray, float]]) -> list[float]:
+    """Ridge regression of the log size factor on ``pooled_features``: ``views`` are images
+    whose cells are ``factor`` times the canonical size. Returns the weights, bias last."""
+    features, targets = [], []
+    for image, factor in views:
+        features.append(pooled_features(model, image))
+        targets.append(np.log(factor))
+    x, y = np.asarray(features), np.asarray(targets)
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = (x - mean) / std
+    gram = z.T @ z + RIDGE * len(z) * np.eye(z.shape[1])
+    weights = np.linalg.solve(gram, z.T @ (y - y.mean()))
+    scaled = weights / std
+    return [*scaled.tolist(), float(y.mean() - scaled @ mean)]
+
+
+def size_factor(model: CountingModel, image: np.ndarray, scale: float) -> float:
+    """How many times the canonical size the cells of ``image`` are once it is rescaled by
+    ``scale`` (only its centre is rescaled and read: the features are averages)."""
+    crop = _centre_crop(image, int(np.ceil(MAX_SIDE / scale)) + 1)
+    view = rescale_image(crop, scale) if needs_rescaling(scale) else crop
+    weights = np.asarray(model.config.size_model)
+    return float(np.exp(pooled_features(model, view) @ weights[:-1] + weights[-1]))
+
+
+def view_at(image: np.ndarray, diameter: float, canonical: float, factor: float) -> np.ndarray:
+    """The centre of ``image`` (cells ``diameter`` px across) rescaled so that its cells are
+    ``factor`` times ``canonical``: a training view of the size model."""
+    scale = canonical * factor / diameter
+    crop = _centre_crop(image, int(np.ceil(MAX_SIDE / scale)) + 1)
+    return rescale_image(crop, scale)
+
+
+def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    top = max(0, (image.shape[0] - side) // 2)
+    left = max(0, (image.shape[1] - side) // 2)
+    return image[top : top + side, left : left + side]
