@@ -40,8 +40,8 @@ SCALE_JITTER = 1.25  # training images are drawn at the canonical diameter x [1/
 MIN_SIDE = 112  # rescaled images are padded to at least this side (the patch is 100)
 DOT_DIAMETER_IMAGES = 24  # images of a dot-only set whose median diameter stands for the set
 SYNTH_PRESET = "generalist"
-SYNTH_SHARE = 1.0
-SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model  # the simulated images' share of the patches, relative to one real set
+SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
+SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model
 
 # The generalist recipe: FCRN-A on RGB (grey images are repeated), with a variance head. No
 # whole-image epochs: over a thousand images of every size they cost more than the patch
