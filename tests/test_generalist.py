@@ -13,6 +13,7 @@ from celltally.data.datasets import Sample
 from celltally.data.patches import PatchSampler
 from celltally.data.scale import rescaled, restore_density, to_rescaled_points
 from celltally.generalist import CANONICAL_DIAMETER, image_diameters
+from celltally.models.size import fit_size_model, size_factor
 from celltally.uncertainty import affine_output, fit_count_calibration
 
 
@@ -90,3 +91,27 @@ def test_count_calibration_never_makes_a_map_negative():
     assert offset == 0.0 and gain == pytest.approx(np.dot(counts, truth) / np.dot(counts, counts))
     output = np.zeros((1, 8, 8), np.float32)
     assert affine_output(output, 1.0, -0.5).min() == 0.0  # an old negative offset is clipped
+
+
+def disc_field(diameter: float, rng, side: int = 160) -> np.ndarray:
+    """Bright discs of ``diameter`` px scattered on a dark, noisy field."""
+    yy, xx = np.mgrid[:side, :side]
+    image = rng.normal(10, 2, (side, side)).astype(np.float32)
+    for _ in range(max(1, int(0.3 * side**2 / diameter**2))):
+        cy, cx = rng.uniform(0, side, 2)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2] = 200.0
+    return image[:, :, None]
+
+
+def test_the_size_model_reads_the_cell_size_from_the_network_features():
+    torch.manual_seed(0)
+    model = create_model("fcrn_a")
+    model.config.diameter = CANONICAL_DIAMETER
+    rng = np.random.default_rng(0)
+    factors = np.exp(rng.uniform(-1, 1, 40) * np.log(3.0))
+    views = [(disc_field(CANONICAL_DIAMETER * f, rng), f) for f in factors]
+    model.config.size_model = fit_size_model(model, views)
+    assert len(model.config.size_model) == 2 * 512 + 1
+    truth = np.exp(np.linspace(-1, 1, 7) * np.log(2.5))
+    read = [size_factor(model, disc_field(CANONICAL_DIAMETER * f, rng), 1.0) for f in truth]
+    assert np.corrcoef(np.log(read), np.log(truth))[0, 1] > 0.8
