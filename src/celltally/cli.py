@@ -139,6 +139,8 @@ def count(
         counter = load_model(model)
         if ci:
             check_intervals(counter, level)
+        if diameter is not None:
+            counter.check_diameter(diameter)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None

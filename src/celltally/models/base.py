@@ -342,12 +342,23 @@ class CountingModel(nn.Module):
             array, note = pick_channel(array, channel, separate_channels=separate, source=source)
         return to_channels(array, self.config.in_channels), [note] if note else []
 
+    def check_diameter(self, given: float) -> float:
+        """``given``, a cell diameter to count at, if this model can rescale to it; else an
+        ``InputError`` saying why not."""
+        if not (np.isfinite(given) and given > 0):
+            raise InputError(None, f"diameter must be a positive number of pixels, got {given}")
+        if self.config.diameter is None:
+            raise InputError(
+                None,
+                f"this {self.config.arch} model records no training cell diameter, so it"
+                " cannot rescale images to a given one; count without --diameter",
+            )
+        return float(given)
+
     def _diameter(self, image: np.ndarray, given: float | None) -> tuple[float | None, bool]:
         """(the cell diameter to count at, whether it was estimated)."""
         if given is not None:
-            if not (np.isfinite(given) and given > 0):
-                raise InputError(None, f"diameter must be a positive number of pixels, got {given}")
-            return float(given), False
+            return self.check_diameter(given), False
         if self.config.diameter is None or not self.config.auto_diameter:
             return None, False
         estimate = cell_size.measure_diameter(image)
