@@ -8,7 +8,7 @@ mbm and adipocyte in full, as they have no split file): the median diameter from
 the median relative disagreement of the blind estimate with it. Per-image records go to
 ``benchmarks/diameter/{masks,dots}.csv``; the Markdown table is printed.
 
-    python benchmarks/diameter.py
+    python benchmarks/diameter.py [--report]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tifffile
 
 from celltally.data.datasets import Sample, default_data_root, load_dataset
 from celltally.diameter import diameter_at_points, mask_diameter, measure_diameter
+from results import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "diameter"
@@ -127,14 +128,18 @@ def markdown(masks: pd.DataFrame, dots: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="default: the data root")
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
     args = parser.parse_args()
-    data = args.data or default_data_root()
-    data = data if data.is_absolute() else REPO / data
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    masks, dots = mask_records(data), dot_records(data)
-    masks.to_csv(RECORDS / "masks.csv", index=False, float_format="%.4g")
-    dots.to_csv(RECORDS / "dots.csv", index=False, float_format="%.4g")
-    print(markdown(masks, dots))
+    if not args.report:
+        data = args.data or default_data_root()
+        data = data if data.is_absolute() else REPO / data
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        mask_records(data).to_csv(RECORDS / "masks.csv", index=False, float_format="%.4g")
+        dot_records(data).to_csv(RECORDS / "dots.csv", index=False, float_format="%.4g")
+    masks, dots = pd.read_csv(RECORDS / "masks.csv"), pd.read_csv(RECORDS / "dots.csv")
+    text = "### Cell diameter estimation\n\n" + markdown(masks, dots)
+    write_section("diameter", text)
+    print(text)
 
 
 if __name__ == "__main__":
