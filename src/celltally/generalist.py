@@ -165,6 +165,14 @@ def train_generalist(
         "split": {"train": [s.name for s in data.train], "val": [s.name for s in data.val]},
     }
     train(config, data.train, data.val, out, provenance, progress=progress)
+    return finish(out, data)
+
+
+def finish(out: str | Path, data: GeneralistData) -> CountingModel:
+    """Make the trained network in ``out/model`` a generalist: it counts at the canonical
+    diameter, estimates each image's (blind, then refined by its size model fitted here) and
+    picks channels as its training did; its intervals are calibrated as it counts."""
+    out = Path(out)
     model = load_model(out / "model")
     model.config.diameter = CANONICAL_DIAMETER
     model.config.diameter_range = data.diameter_range()
