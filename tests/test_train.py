@@ -122,7 +122,7 @@ def test_readout_refit_makes_the_summed_training_count_exact(rng):
     refit_readout(model, images, points)
     after = sum(model.count(image) for image in images)
     assert abs(before - 47) > 1
-    assert after == pytest.approx(47, rel=1e-3)
+    assert after == pytest.approx(47, rel=1e-2)  # exact before the ReLU, nearly after it
 
 
 def test_batch_norm_refit_averages_the_statistics_of_whole_images(rng):
