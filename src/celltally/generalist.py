@@ -31,6 +31,7 @@ from celltally.data.scale import rescaled
 from celltally.data.synth import SynthSample, generate, preset, synth_samples
 from celltally.diameter import diameter_at_points, mask_diameter
 from celltally.models import CountingModel, load_model, save_model
+from celltally.models.ood import contrast
 from celltally.models.size import SIZE_RANGE, VIEWS_PER_IMAGE, fit_size_model, view_at
 from celltally.train import TrainConfig, train
 from celltally.uncertainty import calibration_scores
@@ -179,6 +180,7 @@ def finish(out: str | Path, data: GeneralistData) -> CountingModel:
     model.config.auto_diameter = True  # trained with scale jitter
     model.config.pick_channel = True  # as RescaledSample picked it for training
     model.config.size_model = fit_size_model(model, size_views(data.originals))
+    model.config.contrast_range = contrast_range(data.originals)
     calibrate_as_counted(model, [sample.base for sample in data.val])
     save_model(model, out / "model")
     (out / "diameters.json").write_text(json.dumps(data.diameters))
@@ -202,6 +204,17 @@ def size_views(
             image = pick_channel(image, source=sample.image_path)[0]
             for factor in np.exp(rng.uniform(-1, 1, VIEWS_PER_IMAGE) * np.log(SIZE_RANGE)):
                 yield view_at(image, diameter, CANONICAL_DIAMETER, factor), float(factor)
+
+
+def contrast_range(originals: dict[str, list[tuple[Sample, float]]]) -> list[float]:
+    """The 1st and 99th percentiles of the contrast (over the noise) of up to
+    ``SIZE_IMAGES_PER_SET`` training images of each set, as they are counted."""
+    values = []
+    for pairs in originals.values():
+        for sample, _ in pairs[:SIZE_IMAGES_PER_SET]:
+            image = pick_channel(sample.load()[0], source=sample.image_path)[0]
+            values.append(contrast(image.mean(axis=2)))
+    return np.percentile(values, [1.0, 99.0]).tolist()
 
 
 def calibrate_as_counted(model: CountingModel, samples: Sequence[Sample]) -> None:

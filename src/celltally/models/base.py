@@ -112,6 +112,9 @@ class ModelConfig:
         size_model: the weights of a linear regression of the cell size on the network's
             pooled features (``celltally.models.size``), which refines the blind diameter
             estimate; ``None``: the blind estimate alone.
+        contrast_range: ``[low, high]``: the 1st and 99th percentiles of the training images'
+            contrast over their noise (``celltally.models.ood.contrast``); an image outside
+            gets a warning.
         training: provenance written by ``celltally train`` (data, split, settings, versions).
     """
 
@@ -138,6 +141,7 @@ class ModelConfig:
     pick_channel: bool = False
     max_relative_sigma: float | None = None
     size_model: list[float] | None = None
+    contrast_range: list[float] | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,7 +215,7 @@ SECTIONS = {
     "fitted": (
         "conformal_scores", "log_variance_range", "count_gain", "count_offset", "peak_threshold",
         "min_distance", "diameter", "diameter_range", "auto_diameter", "pick_channel",
-        "max_relative_sigma", "size_model",
+        "max_relative_sigma", "size_model", "contrast_range",
     ),
     "defaults": ("tile_size", "tta"),
 }  # fmt: skip

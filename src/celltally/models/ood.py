@@ -1,7 +1,7 @@
 """Warnings that an image is unlike those a model was trained and calibrated on, so that its
 count deserves a second look: cells of a size outside the model's range, an image without
-contrast or with clipped pixels, or an uncertainty far above the model's on its calibration
-images."""
+contrast, with a contrast outside its training images' or with clipped pixels, or an
+uncertainty far above the model's on its calibration images."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 # An image whose brightest and median pixels differ by less than this many noise standard
 # deviations shows no cells a model could see.
 MIN_CONTRAST = 5.0
+MAX_CONTRAST = 1e4
 # More than this fraction of pixels at the image's maximum: clipped (saturated) pixels.
 MAX_SATURATED = 0.05
 # A relative uncertainty this many times the largest on the calibration images is flagged.
@@ -30,7 +31,7 @@ def out_of_distribution(
 ) -> list[str]:
     """One-line warnings for an ``(H, W, C)`` image counted ``count`` with predicted standard
     deviation ``sigma`` (see the module docs)."""
-    notes = [_diameter_note(model, estimated_diameter), *_intensity_notes(image)]
+    notes = [_diameter_note(model, estimated_diameter), *_intensity_notes(model, image)]
     notes.append(_uncertainty_note(model, count, sigma))
     return [note for note in notes if note]
 
@@ -52,16 +53,30 @@ def _diameter_note(model: CountingModel, estimated: float | None) -> str | None:
     return None
 
 
-def _intensity_notes(image: np.ndarray) -> list[str]:
+def _intensity_notes(model: CountingModel, image: np.ndarray) -> list[str]:
     grey = image.mean(axis=2)
-    low, median, high = np.percentile(grey, [0.1, 50.0, 99.9])
     notes = []
-    if max(high - median, median - low) <= MIN_CONTRAST * noise_std(grey):
+    signal = contrast(grey)
+    bounds = model.config.contrast_range
+    if signal <= MIN_CONTRAST:
         notes.append("the image has no contrast above its noise: no cells can be seen")
+    elif bounds is not None and not bounds[0] <= signal <= bounds[1]:
+        notes.append(
+            f"its contrast ({signal:.0f} x its noise) is outside the {bounds[0]:.0f}-"
+            f"{bounds[1]:.0f} of the model's training images"
+        )
     saturated = float(np.mean(grey >= grey.max())) if grey.max() > grey.min() else 0.0
     if saturated > MAX_SATURATED:
         notes.append(f"{saturated:.0%} of pixels are at the maximum value (saturated)")
     return notes
+
+
+def contrast(grey: np.ndarray) -> float:
+    """How far the brightest or darkest 0.1% of pixels lie from the median, in units of the
+    pixel noise (``noise_std``); at most ``MAX_CONTRAST`` (noiseless images)."""
+    low, median, high = np.percentile(grey, [0.1, 50.0, 99.9])
+    spread = max(high - median, median - low)
+    return float(min(spread / max(noise_std(grey), 1e-12), MAX_CONTRAST)) if spread > 0 else 0.0
 
 
 def noise_std(grey: np.ndarray) -> float:
