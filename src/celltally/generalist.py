@@ -41,6 +41,7 @@ SCALE_JITTER = 1.25  # training images are drawn at the canonical diameter x [1/
 MIN_SIDE = 112  # rescaled images are padded to at least this side (the patch is 100)
 DOT_DIAMETER_IMAGES = 24  # images of a dot-only set whose median diameter stands for the set
 SYNTH_PRESET = "generalist"
+SYNTH_IMAGES = 400  # simulated images in the recipe (90% train, 10% validation)
 SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
 SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model
 
@@ -148,7 +149,7 @@ def train_generalist(
     out: str | Path,
     root: str | Path | None = None,
     exclude: Sequence[str] = (),
-    synth_images: int = 0,
+    synth_images: int = SYNTH_IMAGES,
     settings: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> CountingModel:
