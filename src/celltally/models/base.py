@@ -283,7 +283,9 @@ class CountingModel(nn.Module):
         source: str | None = None,
         separate_channels: bool = False,
     ) -> Prediction:
-        """Count ``image`` (any dtype, ``(H, W)`` or ``(H, W, C)``) in one network pass.
+        """Count ``image`` (any dtype, ``(H, W)`` or ``(H, W, C)``) in one network pass (with
+        a diameter estimated by a model with a size model, also the encoder's half of the
+        network on the image's centre: ``celltally.models.size``).
 
         Args:
             diameter: the image's cell diameter in pixels; the image is rescaled so that its
