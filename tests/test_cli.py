@@ -76,7 +76,8 @@ def test_count_with_tta_gives_a_turned_image_the_same_count(samples_dir, tmp_pat
     assert counts[0] == pytest.approx(counts[1], abs=2e-3)  # the same 8 views, averaged
     plain_counts = pd.read_csv(tmp_path / "plain" / "counts.csv")["count"]
     assert abs(plain_counts[0] - plain_counts[1]) > 0.01
-    assert json.loads((tmp_path / "tta" / "run.json").read_text())["model_config"]["tta"]
+    record = json.loads((tmp_path / "tta" / "run.json").read_text())
+    assert record["options"]["tta"] and not record["model_config"]["tta"]  # per call
 
 
 def test_bad_files_are_reported_and_the_rest_still_counted(samples_dir, tmp_path):

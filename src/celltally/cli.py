@@ -168,6 +168,7 @@ def count(
         "model_hash": model_hash(model),
         "model_path": str(resolve_model(model)),
         "model_config": counter.config.to_dict(),
+        "options": options,
         "images": len(rows),
         "failed": failed,
         "flagged": int((table["warning"] != "").sum()),
