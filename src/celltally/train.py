@@ -57,6 +57,9 @@ REFIT_IMAGES = 64
 # Random pixels per image for fitting the variance head (its ~33-65 unknowns): enough, and
 # the fit stays within a few hundred MB on 64 Count-ception images.
 VARIANCE_PIXELS = 2**15
+# Training images the variance head is fitted on, at most (every image of the paper recipes):
+# the generalist's 1,100 ran this machine's 24 GB out of memory.
+VARIANCE_IMAGES = 128
 # A fitted variance head is clipped to these quantiles of its values on the pixels it was fitted on.
 LOG_VARIANCE_QUANTILES = (0.001, 0.999)
 # Batches of an epoch over which a counter's BatchNorm statistics are averaged after it.
@@ -342,7 +345,7 @@ def _finish(out, config, train_data, val_data, state, provenance) -> CountingMod
     started = time.perf_counter()
     model = load_model(out / "model")
     if model.log_variance is not None:
-        fit_variance_head(model, *train_data)
+        fit_variance_head(model, *(part[:VARIANCE_IMAGES] for part in train_data))
     val_images, val_points = val_data
     outputs = [model.predict_output(image) for image in val_images]
     if config.calibrate_counts:
