@@ -44,6 +44,7 @@ SYNTH_PRESET = "generalist"
 SYNTH_IMAGES = 400  # simulated images in the recipe (90% train, 10% validation)
 SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
 SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model
+MIN_VIEW_SIDE = 32  # smaller views of them are left out
 
 # The generalist recipe: FCRN-A on RGB (grey images are repeated), with a variance head. No
 # whole-image epochs: over a thousand images of every size they cost more than the patch
@@ -205,7 +206,9 @@ def size_views(
                 continue
             image = pick_channel(image, source=sample.image_path)[0]
             for factor in np.exp(rng.uniform(-1, 1, VIEWS_PER_IMAGE) * np.log(SIZE_RANGE)):
-                yield view_at(image, diameter, CANONICAL_DIAMETER, factor), float(factor)
+                view = view_at(image, diameter, CANONICAL_DIAMETER, factor)
+                if min(view.shape[:2]) >= MIN_VIEW_SIDE:  # a small image shrunk far: too few
+                    yield view, float(factor)
 
 
 def contrast_range(originals: dict[str, list[tuple[Sample, float]]]) -> list[float]:
