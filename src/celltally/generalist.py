@@ -32,7 +32,13 @@ from celltally.data.synth import SynthSample, generate, preset, synth_samples
 from celltally.diameter import diameter_at_points, mask_diameter
 from celltally.models import CountingModel, load_model, save_model
 from celltally.models.ood import contrast
-from celltally.models.size import SIZE_RANGE, VIEWS_PER_IMAGE, fit_size_model, view_at
+from celltally.models.size import (
+    MIN_VIEW_SIDE,
+    SIZE_RANGE,
+    VIEWS_PER_IMAGE,
+    fit_size_model,
+    view_at,
+)
 from celltally.train import TrainConfig, train
 from celltally.uncertainty import calibration_scores
 
@@ -44,7 +50,6 @@ SYNTH_PRESET = "generalist"
 SYNTH_IMAGES = 400  # simulated images in the recipe (90% train, 10% validation)
 SYNTH_SHARE = 1.0  # the simulated images' share of the patches, relative to one real set
 SIZE_IMAGES_PER_SET = 100  # training images per set that fit the size model
-MIN_VIEW_SIDE = 32  # smaller views of them are left out
 
 # The generalist recipe: FCRN-A on RGB (grey images are repeated), with a variance head. No
 # whole-image epochs: over a thousand images of every size they cost more than the patch

@@ -304,7 +304,7 @@ class CountingModel(nn.Module):
         """
         image, notes = self._input(image, channel, source, separate_channels)
         used, estimated = self._diameter(image, diameter)
-        scale = self._scale(used)
+        scale = self._scale(used, image.shape[:2])
         network_image = rescale_image(image, scale) if scale != 1.0 else image
         output = self.predict_output(network_image, source, tile=tile, tta=tta)
         grid_density, centre_map = self.density_and_centre_map(output[0])
@@ -375,12 +375,14 @@ class CountingModel(nn.Module):
         scale = self.config.diameter / estimate.diameter
         return estimate.diameter * size_factor(self, image, scale), True
 
-    def _scale(self, diameter: float | None) -> float:
+    def _scale(self, diameter: float | None, shape: tuple[int, ...]) -> float:
         """How much to rescale an image with cells of ``diameter`` so that they have the
         model's; 1 if either is unknown or they differ by less than ``SCALE_TOLERANCE``."""
         if diameter is None or self.config.diameter is None or not np.isfinite(diameter):
             return 1.0
         scale = self.config.diameter / diameter
+        smallest = self.min_size * self.config.downsample / min(shape)
+        scale = max(scale, smallest)  # never below the model's smallest input
         return scale if needs_rescaling(scale) else 1.0
 
     def count_from_map(self, output: np.ndarray) -> float:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SIZE_RANGE = 4.0
 VIEWS_PER_IMAGE = 3
 MAX_SIDE = 256  # views are cropped to this, around their centre: the features are averages
+MIN_VIEW_SIDE = 32  # smaller views are not read (nor trained on)
 RIDGE = 1e-2  # relative to the mean feature variance
 
 
@@ -71,6 +72,8 @@ def size_factor(model: CountingModel, image: np.ndarray, scale: float) -> float:
     ``scale`` (only its centre is rescaled and read: the features are averages)."""
     crop = _centre_crop(image, int(np.ceil(MAX_SIDE / scale)) + 1)
     view = rescale_image(crop, scale) if needs_rescaling(scale) else crop
+    if min(view.shape[:2]) < MIN_VIEW_SIDE:
+        return 1.0  # too small to read: the blind estimate stands
     weights = np.asarray(model.config.size_model)
     return float(np.exp(pooled_features(model, view) @ weights[:-1] + weights[-1]))
 
