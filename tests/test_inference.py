@@ -111,3 +111,12 @@ def test_a_flat_image_is_flagged():
     model = load_model(DEFAULT_MODEL)
     found = model.predict(np.full((128, 128), 40, np.uint8))
     assert any("contrast" in note for note in found.warnings)
+
+
+def test_a_small_image_is_never_rescaled_below_the_models_smallest_input():
+    model = load_model(DEFAULT_MODEL)
+    yy, xx = np.mgrid[:40, :40]
+    image = (200.0 * (((yy - 20) ** 2 + (xx - 20) ** 2) < 15**2)).astype(np.float32)
+    found = model.predict(image, diameter=30.0 if model.config.diameter else None)
+    assert found.count >= 0 and found.density.shape == (40, 40)
+    assert min(image.shape) * found.scale >= model.min_size - 0.5

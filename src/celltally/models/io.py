@@ -22,7 +22,7 @@ from celltally.models.registry import build_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_MODEL = "fcrn_a_vgg_cells"
+DEFAULT_MODEL = "generalist"
 
 
 def versions() -> dict[str, str]:
