@@ -118,7 +118,10 @@ def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
     rng = np.random.default_rng(0)
     images = [rng.random((48, 48)).astype(np.float32) for _ in range(3)]
     points = [rng.uniform(0, 48, (int(rng.integers(5, 15)), 2)) for _ in range(3)]
+    torch.manual_seed(0)
     model = create_model("fcrn_a").eval()
+    weight = model.readout.weight.detach().clone().reshape(-1)
+    model.set_readout(weight, torch.tensor(0.5))  # most of the map above the ReLU's zero
     fitted = with_variance_head(model, images, points).eval()
     fitted.config.log_variance_range = None  # the likelihood's optimum, before its clipping
     scaled = []
@@ -215,20 +218,24 @@ def test_train_with_variance_head_then_count_evaluate_and_calibrate_with_interva
     recalibrated = read_config(tmp_path / "recal").to_dict()
     assert len(recalibrated["conformal_scores"]) == 30
 
-    # the bundled model has no variance head: its counts alone can be calibrated
-    result = run("calibrate", *data, "--counts", "--out", tmp_path / "counts_only")
+    # the paper's bundled model has no variance head: its counts alone can be calibrated
+    paper = ("--model", "fcrn_a_vgg_cells")
+    result = run("calibrate", *paper, *data, "--counts", "--out", tmp_path / "counts_only")
     counts_only = read_config(tmp_path / "counts_only").to_dict()
     assert counts_only["count_gain"] != 1.0 and not counts_only["conformal_scores"]
     assert "counts: map x" in result.output
     # or fit a variance head, then it gives intervals
-    run("calibrate", *data, "--fit-on", folder, "--out", tmp_path / "fitted")
+    run("calibrate", *paper, *data, "--fit-on", folder, "--out", tmp_path / "fitted")
     run("count", folder, "--model", tmp_path / "fitted", "--ci", "--out", tmp_path / "f")
     table = pd.read_csv(tmp_path / "f" / "counts.csv")
     assert (table["ci_low"] <= table["count"]).all() and (table["count"] <= table["ci_high"]).all()
 
 
 def test_intervals_from_a_model_without_variance_head_are_a_one_line_error(samples_dir, tmp_path):
-    result = CliRunner().invoke(app, ["count", str(samples_dir), "--ci", "--out", str(tmp_path)])
+    paper = ["--model", "fcrn_a_vgg_cells"]
+    result = CliRunner().invoke(
+        app, ["count", str(samples_dir), *paper, "--ci", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "variance_head=true" in result.output
     assert not (tmp_path / "counts.csv").exists()
 

@@ -472,8 +472,11 @@ class CountingModel(nn.Module):
     ) -> np.ndarray:
         """The network's ``(out_channels, H, W)`` output for an image as it is (not rescaled):
         the map, never negative, then its log-variance if the model has a variance head; with
-        the count calibration applied. ``tile`` and ``tta`` as ``predict``'s."""
+        the count calibration applied. ``tile`` and ``tta`` as ``predict``'s. A constant image
+        (black, white, flat) holds nothing to count: its map is 0 (standardising it divides by
+        a zero deviation; the network would answer its biases' constant)."""
         tensor = self.prepare(image, source)
+        constant = bool(np.ptp(np.asarray(image)) == 0)
         was_training = self.training
         self.eval()
         run = predict_dihedral if (self.config.tta if tta is None else tta) else predict_tiled
@@ -483,6 +486,8 @@ class CountingModel(nn.Module):
             self.train(was_training)
         if self.config.log_variance_range is not None:
             np.clip(output[1:], *self.config.log_variance_range, out=output[1:])
+        if constant:
+            output[0] = 0.0
         return affine_output(output, self.config.count_gain, self.config.count_offset)
 
     def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
