@@ -306,7 +306,7 @@ class CountingModel(nn.Module):
         used, estimated = self._diameter(image, diameter)
         scale = self._scale(used, image.shape[:2])
         network_image = rescale_image(image, scale) if scale != 1.0 else image
-        output = self.predict_output(network_image, source, tile=tile, tta=tta)
+        output = self.predict_output(network_image, source, tile=tile, tta=tta, chosen=True)
         grid_density, centre_map = self.density_and_centre_map(output[0])
         count = self.count_from_map(output[0])
         factor = self.config.downsample
@@ -469,13 +469,15 @@ class CountingModel(nn.Module):
         source: str | None = None,
         tile: int | None = None,
         tta: bool | None = None,
+        chosen: bool = False,
     ) -> np.ndarray:
         """The network's ``(out_channels, H, W)`` output for an image as it is (not rescaled):
         the map, never negative, then its log-variance if the model has a variance head; with
-        the count calibration applied. ``tile`` and ``tta`` as ``predict``'s. A constant image
+        the count calibration applied. ``tile`` and ``tta`` as ``predict``'s; ``chosen`` as
+        ``prepare``'s. A constant image
         (black, white, flat) holds nothing to count: its map is 0 (standardising it divides by
         a zero deviation; the network would answer its biases' constant)."""
-        tensor = self.prepare(image, source)
+        tensor = self.prepare(image, source, chosen)
         constant = bool(np.ptp(np.asarray(image)) == 0)
         was_training = self.training
         self.eval()
@@ -490,10 +492,13 @@ class CountingModel(nn.Module):
             output[0] = 0.0
         return affine_output(output, self.config.count_gain, self.config.count_offset)
 
-    def prepare(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
+    def prepare(
+        self, image: np.ndarray, source: str | None = None, chosen: bool = False
+    ) -> torch.Tensor:
         """Raw image -> ``downsample``d, normalised, zero-padded ``(C, h + 2 pad, w + 2 pad)``
-        float tensor on the model's device."""
-        image = self._input(image, None, source)[0]
+        float tensor on the model's device. ``chosen``: the image's channels are already the
+        network's (``predict`` chose them), so they are not chosen again."""
+        image = as_image(image, source) if chosen else self._input(image, None, source)[0]
         height, width = image.shape[:2]
         factor = self.config.downsample
         if min(height, width) < self.min_size * factor:
