@@ -14,6 +14,8 @@ from celltally.data.patches import PatchSampler
 from celltally.data.scale import rescaled, restore_density, to_rescaled_points
 from celltally.generalist import CANONICAL_DIAMETER, image_diameters
 from celltally.models.size import fit_size_model, size_factor
+from celltally.predict import agreeing_peak_threshold
+from celltally.targets import density_map
 from celltally.uncertainty import affine_output, fit_count_calibration
 
 
@@ -91,6 +93,27 @@ def test_count_calibration_never_makes_a_map_negative():
     assert offset == 0.0 and gain == pytest.approx(np.dot(counts, truth) / np.dot(counts, counts))
     output = np.zeros((1, 8, 8), np.float32)
     assert affine_output(output, 1.0, -0.5).min() == 0.0  # an old negative offset is clipped
+
+
+def test_the_centres_found_number_as_many_as_the_count():
+    torch.manual_seed(0)
+    model = create_model("fcrn_a")
+    rng = np.random.default_rng(1)
+    counts = [6.0, 12.0, 20.0, 30.0]
+    maps = []
+    for n in counts:  # cells of varied brightness: a high threshold misses the faint ones
+        cells = [
+            b * density_map(p[None], (128, 128), 2.0, 100.0)
+            for p, b in zip(
+                rng.uniform(5, 123, (int(n), 2)), rng.uniform(0.2, 1.5, int(n)), strict=True
+            )
+        ]
+        maps.append(np.sum(cells, axis=0)[None])
+    threshold = agreeing_peak_threshold(model, maps, counts)
+    centres = [len(model.peaks(m[0], threshold)) for m in maps]
+    assert np.median(np.divide(centres, counts)) == pytest.approx(1.0, abs=0.1)
+    fewer = agreeing_peak_threshold(model, maps, [c / 2 for c in counts])
+    assert fewer > threshold  # fewer cells counted: a higher threshold finds fewer centres
 
 
 def disc_field(diameter: float, rng, side: int = 160) -> np.ndarray:

@@ -5,6 +5,7 @@ augmentation) lives with the models (``celltally.models.inference``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,12 +34,7 @@ def choose_peak_threshold(
     highest: on a large image the faint ripples of the background can outnumber the cells many
     times, and quantiles alone then never reach the cells' height.
     """
-    peaks, values = [], []
-    for output in maps:
-        centre_map = model.centre_map(output)
-        found = model.local_maxima(centre_map, 0.0)
-        peaks.append(to_image_points(found, model.config.downsample))
-        values.append(centre_map[tuple(found.astype(int).T)])
+    peaks, values = _peaks_and_values(model, maps)
     every_value = np.concatenate(values)
     if every_value.size == 0:
         return model.config.peak_threshold
@@ -53,6 +49,50 @@ def choose_peak_threshold(
         if f1 > best_f1:
             best_f1, best = f1, float(threshold)
     return best
+
+
+def agreeing_peak_threshold(
+    model: CountingModel, maps: list[np.ndarray], counts: Sequence[float], min_cells: float = 5
+) -> float:
+    """The peak threshold at which the centres found in validation images' output ``maps``
+    number as many as their ``counts``: the median ratio of centres to count is 1 over the
+    images counted at ``min_cells`` or more (the few-cell images' ratios are noise).
+
+    The F1-best threshold (``choose_peak_threshold``) serves a detector; a counter's centres
+    must tell the story of its count, or the overlay circles a different number than the
+    table says."""
+    _, values = _peaks_and_values(model, maps)
+    counts = np.asarray(counts, float)
+    enough = counts >= min_cells
+    every_value = np.unique(np.concatenate(values))
+    if not enough.any() or every_value.size == 0:
+        return model.config.peak_threshold
+
+    def centres_per_count(threshold: float) -> float:
+        found = np.array([np.count_nonzero(v > threshold) for v in values], float)
+        return float(np.median(found[enough] / counts[enough]))
+
+    low, high = 0, len(every_value) - 1  # the ratio falls as the threshold rises
+    while low < high:
+        middle = (low + high) // 2
+        if centres_per_count(every_value[middle]) > 1.0:
+            low = middle + 1
+        else:
+            high = middle
+    return float(every_value[low])
+
+
+def _peaks_and_values(
+    model: CountingModel, maps: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every local maximum of each output's centre map (image pixels) and its value."""
+    peaks, values = [], []
+    for output in maps:
+        centre_map = model.centre_map(output)
+        found = model.local_maxima(centre_map, 0.0)
+        peaks.append(to_image_points(found, model.config.downsample))
+        values.append(centre_map[tuple(found.astype(int).T)])
+    return peaks, values
 
 
 @dataclass

@@ -42,8 +42,8 @@ from celltally.data.scale import (
 from celltally.errors import InputError
 from celltally.models.inference import predict_dihedral, predict_tiled
 from celltally.models.ood import out_of_distribution
-from celltally.models.prediction import Prediction
-from celltally.models.size import size_factor
+from celltally.models.prediction import NetworkPass, Prediction
+from celltally.models.size import refine_diameter
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
 from celltally.uncertainty import CountInterval, affine_output, check_intervals, interval
 
@@ -302,23 +302,64 @@ class CountingModel(nn.Module):
             separate_channels: the image's channels are separate stains (a TIFF's C axis:
                 ``read_stack``), not the colours of one picture.
         """
+        found = self.network_pass(
+            image,
+            diameter=diameter,
+            channel=channel,
+            tile=tile,
+            tta=tta,
+            source=source,
+            separate_channels=separate_channels,
+        )
+        return self.read_out(found, ci)
+
+    def network_pass(
+        self,
+        image: np.ndarray,
+        *,
+        diameter: float | None = None,
+        channel: int | None = None,
+        tile: int | None = None,
+        tta: bool | None = None,
+        source: str | None = None,
+        separate_channels: bool = False,
+    ) -> NetworkPass:
+        """The first half of ``predict`` (same arguments): the channel chosen, the diameter
+        given or estimated, the image rescaled to the model's and the network run on it."""
         image, notes = self._input(image, channel, source, separate_channels)
         used, estimated = self._diameter(image, diameter)
         scale = self._scale(used, image.shape[:2])
         network_image = rescale_image(image, scale) if scale != 1.0 else image
         output = self.predict_output(network_image, source, tile=tile, tta=tta, chosen=True)
+        shape = network_image.shape[:2]
+        return NetworkPass(image, output, shape, used, estimated, scale, notes)
+
+    def read_out(self, found: NetworkPass, ci: float | None = None) -> Prediction:
+        """The second half of ``predict``: count, density and centres on the image's pixels,
+        the interval at level ``ci`` (if given) and the warnings."""
+        output, image = found.output, found.image
         grid_density, centre_map = self.density_and_centre_map(output[0])
         count = self.count_from_map(output[0])
-        factor = self.config.downsample
-        density = upsample(grid_density, factor, network_image.shape[:2])
-        points = to_image_points(self.local_maxima(centre_map), factor)
-        if scale != 1.0:
+        density = upsample(grid_density, self.config.downsample, found.network_shape)
+        points = to_image_points(self.local_maxima(centre_map), self.config.downsample)
+        if found.scale != 1.0:
             density = restore_density(density, image.shape)
-            points = to_rescaled_points(points, network_image.shape, image.shape)
+            points = to_rescaled_points(points, found.network_shape, image.shape)
         bounds = None if ci is None else self.count_interval(output, ci)
         sigma = self.count_sigma(output[1]) if len(output) > 1 else None
-        notes += out_of_distribution(self, image, used if estimated else None, count, sigma)
-        return Prediction(count, density, points, bounds, sigma, used, estimated, scale, notes)
+        estimated = found.diameter if found.diameter_estimated else None
+        notes = found.notes + out_of_distribution(self, image, estimated, count, sigma)
+        return Prediction(
+            count,
+            density,
+            points,
+            bounds,
+            sigma,
+            found.diameter,
+            found.diameter_estimated,
+            found.scale,
+            notes,
+        )
 
     def count(self, image: np.ndarray, ci: float | None = None, **options) -> float | CountInterval:
         """The number of cells in ``image``; with ``ci`` (a level, e.g. 0.95), the count with
@@ -372,8 +413,7 @@ class CountingModel(nn.Module):
             return float("nan"), True
         if self.config.size_model is None:
             return estimate.diameter, True
-        scale = self.config.diameter / estimate.diameter
-        return estimate.diameter * size_factor(self, image, scale), True
+        return refine_diameter(self, image, estimate.diameter), True
 
     def _scale(self, diameter: float | None, shape: tuple[int, ...]) -> float:
         """How much to rescale an image with cells of ``diameter`` so that they have the

@@ -1,4 +1,5 @@
-"""What one inference pass over an image gives: ``CountingModel.predict`` returns a
+"""What one inference pass over an image gives: ``CountingModel.network_pass`` returns a
+``NetworkPass`` (the network's raw output), ``CountingModel.predict`` reads it out into a
 ``Prediction``."""
 
 from __future__ import annotations
@@ -43,3 +44,25 @@ class Prediction:
     @property
     def n_points(self) -> int:
         return len(self.points)
+
+
+@dataclass
+class NetworkPass:
+    """The network's output for one image, before it is read out into a ``Prediction``.
+
+    Attributes:
+        image: the image as the network takes it (its channel chosen), on its own pixels.
+        output: ``(out_channels, h, w)``: the network's output for ``image`` rescaled by
+            ``scale`` (see ``CountingModel.predict_output``).
+        network_shape: the ``(h, w)`` of the rescaled image the network saw.
+        diameter, diameter_estimated, scale: as ``Prediction``'s.
+        notes: the warnings gathered so far (on the channel chosen).
+    """
+
+    image: np.ndarray
+    output: np.ndarray
+    network_shape: tuple[int, int]
+    diameter: float | None
+    diameter_estimated: bool
+    scale: float
+    notes: list[str]

@@ -29,6 +29,9 @@ VIEWS_PER_IMAGE = 3
 MAX_SIDE = 256  # views are cropped to this, around their centre: the features are averages
 MIN_VIEW_SIDE = 32  # smaller views are not read (nor trained on)
 RIDGE = 1e-2  # relative to the mean feature variance
+# A refined diameter that the size model, read again there, still finds over this factor off is
+# corrected by that reading and once more (see ``refine_diameter``).
+CONVERGED = 1.5
 
 
 @torch.no_grad()
@@ -76,6 +79,25 @@ def size_factor(model: CountingModel, image: np.ndarray, scale: float) -> float:
         return 1.0  # too small to read: the blind estimate stands
     weights = np.asarray(model.config.size_model)
     return float(np.exp(pooled_features(model, view) @ weights[:-1] + weights[-1]))
+
+
+def refine_diameter(model: CountingModel, image: np.ndarray, blind: float) -> float:
+    """The cell diameter of ``image`` refined by the size model from the ``blind`` estimate.
+
+    One correction, then a check: the size model read again at the corrected diameter. Where it
+    still finds the cells over ``CONVERGED`` times off (the blind estimate was far beyond the
+    range it was fitted on, ``SIZE_RANGE``), that reading's correction and one more. On 30 training
+    images of each real set, this removed the crchisto images whose diameter was off by over
+    half (2 of 30) and cut the adipocyte median error from 25% to 21%, leaving the other sets
+    as they were.
+    """
+    canonical = model.config.diameter
+    diameter = blind * size_factor(model, image, canonical / blind)
+    check = size_factor(model, image, canonical / diameter)
+    if abs(np.log(check)) <= np.log(CONVERGED):
+        return diameter
+    diameter *= check
+    return diameter * size_factor(model, image, canonical / diameter)
 
 
 def view_at(image: np.ndarray, diameter: float, canonical: float, factor: float) -> np.ndarray:
