@@ -13,6 +13,7 @@ from celltally.diameter import (
     estimate_diameter,
     mask_diameter,
     measure_diameter,
+    noise_sigma,
 )
 
 RADII = (5, 10, 25, 60)  # at 4 px, pixelated discs read up to 16% large from their centres
@@ -93,3 +94,23 @@ def test_blind_estimate_is_finite_on_images_without_cells(image):
 def test_flat_image_has_no_confidence_and_no_points_give_nan():
     assert measure_diameter(np.zeros((32, 32, 1), np.float32)).confidence == 0
     assert np.isnan(diameter_at_points(np.zeros((32, 32, 1), np.float32), np.zeros((0, 2))))
+
+
+def test_the_noise_estimate_is_the_noise_standard_deviation():
+    rng = np.random.default_rng(0)
+    assert noise_sigma(rng.normal(0, 5, (200, 200))) == pytest.approx(5.0, rel=0.05)
+    photons = rng.poisson(3.0, (200, 200)).astype(np.float64)  # mostly small integers
+    assert noise_sigma(photons) == pytest.approx(np.sqrt(3.0), rel=0.05)
+
+
+@pytest.mark.parametrize("cells", [5, 30])
+def test_dim_cells_under_photon_noise_are_not_measured_as_the_noise_grain(cells):
+    """Discs of 16 px, 2 photons a pixel above a background of 2: the noise's grain (one
+    pixel) held most of the image's energy and was measured as cells 3 px across."""
+    rng = np.random.default_rng(cells)
+    yy, xx = np.mgrid[:300, :300]
+    light = np.full((300, 300), 2.0)
+    for cy, cx in rng.uniform(16, 284, (cells, 2)):
+        light[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] += 2.0
+    image = rng.poisson(light).astype(np.float32)[:, :, None]
+    assert 16 / 2 <= estimate_diameter(image) <= 16 * 1.5

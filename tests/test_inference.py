@@ -21,7 +21,18 @@ def hostile_images() -> dict[str, np.ndarray]:
         "flat grey rgb": np.full((96, 96, 3), 77, np.uint8),
         "noise": rng.normal(100, 20, (96, 96)).clip(0, 255).astype(np.uint8),
         "16-bit noise": rng.integers(0, 65535, (96, 96)).astype(np.uint16),
+        "dim photon noise": rng.poisson(2.0, (300, 300)).astype(np.uint16),
     }
+
+
+def dim_cells(rng, side: int = 256, cells: int = 30, diameter: float = 14.0) -> np.ndarray:
+    """Dim discs (2 photons a pixel above the background's 2) under photon noise: cells a
+    model must still count, though a single pixel hardly shows them."""
+    yy, xx = np.mgrid[:side, :side]
+    light = np.full((side, side), 2.0)
+    for cy, cx in rng.uniform(diameter, side - diameter, (cells, 2)):
+        light[(yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2] += 2.0
+    return rng.poisson(light).astype(np.uint16)
 
 
 def pessimistic(arch: str) -> torch.nn.Module:
@@ -39,7 +50,8 @@ def pessimistic(arch: str) -> torch.nn.Module:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_no_architecture_counts_below_zero(arch):
     model = pessimistic(arch)
-    for name, image in hostile_images().items():
+    structured = {"dim cells": dim_cells(np.random.default_rng(1))}  # the network runs
+    for name, image in {**hostile_images(), **structured}.items():
         found = model.predict(image, ci=0.9)
         assert found.count >= 0, (arch, name)
         assert found.density.min() >= 0, (arch, name)
@@ -47,14 +59,22 @@ def test_no_architecture_counts_below_zero(arch):
         assert found.density.shape == image.shape[:2]
 
 
-def test_the_default_model_counts_a_constant_image_as_nothing_and_flags_noise():
+def test_the_default_model_counts_constant_and_noise_images_as_nothing():
     model = load_model(DEFAULT_MODEL)
     for name, image in hostile_images().items():
-        found = model.predict(image)
-        if np.ptp(image) == 0:  # black, white, flat: nothing to count, by construction
-            assert found.count == 0.0 and found.n_points == 0, name
-        else:  # pure noise: not yet near 0 (36 cells in 96 x 96 px: issue 41), but flagged
-            assert found.count >= 0 and any("no contrast" in n for n in found.warnings), name
+        found = model.predict(image, ci=0.95)
+        assert found.count == 0.0 and found.n_points == 0, name
+        assert found.interval.high == 0.0, name
+        if np.ptp(image) > 0:
+            assert any("no contrast" in note for note in found.warnings), name
+
+
+def test_dim_cells_under_photon_noise_are_still_counted():
+    image = dim_cells(np.random.default_rng(2))
+    found = load_model(DEFAULT_MODEL).predict(image, diameter=14)
+    assert not any("no contrast" in note for note in found.warnings)
+    # 30 discs: 27 centres found; the count is low (18.5) at this signal-to-noise (issue 41)
+    assert 24 <= found.n_points <= 33 and found.count > 10
 
 
 def test_predict_runs_the_network_once_and_count_and_points_agree(samples_dir):

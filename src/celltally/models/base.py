@@ -41,7 +41,7 @@ from celltally.data.scale import (
 )
 from celltally.errors import InputError
 from celltally.models.inference import predict_dihedral, predict_tiled
-from celltally.models.ood import out_of_distribution
+from celltally.models.ood import has_signal, out_of_distribution
 from celltally.models.prediction import NetworkPass, Prediction
 from celltally.models.size import refine_diameter
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
@@ -330,7 +330,10 @@ class CountingModel(nn.Module):
         used, estimated = self._diameter(image, diameter)
         scale = self._scale(used, image.shape[:2])
         network_image = rescale_image(image, scale) if scale != 1.0 else image
-        output = self.predict_output(network_image, source, tile=tile, tta=tta, chosen=True)
+        empty = not has_signal(image)
+        output = self.predict_output(
+            network_image, source, tile=tile, tta=tta, chosen=True, empty=empty
+        )
         shape = network_image.shape[:2]
         return NetworkPass(image, output, shape, used, estimated, scale, notes)
 
@@ -510,15 +513,21 @@ class CountingModel(nn.Module):
         tile: int | None = None,
         tta: bool | None = None,
         chosen: bool = False,
+        empty: bool | None = None,
     ) -> np.ndarray:
         """The network's ``(out_channels, H, W)`` output for an image as it is (not rescaled):
         the map, never negative, then its log-variance if the model has a variance head; with
         the count calibration applied. ``tile`` and ``tta`` as ``predict``'s; ``chosen`` as
-        ``prepare``'s. A constant image
-        (black, white, flat) holds nothing to count: its map is 0 (standardising it divides by
-        a zero deviation; the network would answer its biases' constant)."""
+        ``prepare``'s.
+
+        An image with no contrast above its noise (black, white, flat or pure noise) holds
+        nothing to count: its map and variance are 0 (standardising it magnifies the noise, or
+        divides by a zero deviation, and the network would count the noise's grain: a 512 x
+        512 field of photon noise counted 4,808 cells). ``empty`` says whether it is
+        (``predict`` judges the image before rescaling it, which would smooth the noise);
+        ``None``: judged here (``ood.has_signal``)."""
         tensor = self.prepare(image, source, chosen)
-        constant = bool(np.ptp(np.asarray(image)) == 0)
+        nothing = not has_signal(image) if empty is None else empty
         was_training = self.training
         self.eval()
         run = predict_dihedral if (self.config.tta if tta is None else tta) else predict_tiled
@@ -528,8 +537,8 @@ class CountingModel(nn.Module):
             self.train(was_training)
         if self.config.log_variance_range is not None:
             np.clip(output[1:], *self.config.log_variance_range, out=output[1:])
-        if constant:
-            output[0] = 0.0
+        if nothing:  # no cells, no uncertainty: a zero map with zero variance
+            output[0], output[1:] = 0.0, -np.inf
         return affine_output(output, self.config.count_gain, self.config.count_offset)
 
     def prepare(
