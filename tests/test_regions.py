@@ -13,15 +13,21 @@ from celltally.cli import app
 from celltally.regions import box_region, geojson_regions, polygon_region, region_counts
 
 
-def test_region_counts_add_up_to_the_image_count_when_the_regions_tile_it(samples_dir):
-    model = load_model("fcrn_a_vgg_cells")
+@pytest.mark.parametrize("diameter", [None, 20.0])  # estimated (about 9.7 px) or given
+def test_region_counts_add_up_to_the_image_count_when_the_regions_tile_it(samples_dir, diameter):
+    model = load_model("generalist")
     image = imread(samples_dir / "101cell.png")
-    output = model.predict_output(image)
+    found = model.network_pass(image, diameter=diameter)
+    prediction = model.read_out(found, ci=0.9)
+    assert found.scale != 1.0  # counted on a rescaled image, mapped back
     quarters = [box_region(f"{y},{x},{y + 128},{x + 128}", (256, 256))
                 for y in (0, 128) for x in (0, 128)]  # fmt: skip
-    rows = region_counts(model, output, quarters)
-    assert sum(r["count"] for r in rows) == pytest.approx(model.count(image), rel=1e-5)
+    rows = region_counts(model, found, prediction.density, quarters, level=0.9)
+    assert sum(r["count"] for r in rows) == pytest.approx(prediction.count, rel=1e-4)
     assert [r["area_px"] for r in rows] == [128 * 128] * 4
+    assert all(r["ci_low"] <= r["count"] <= r["ci_high"] for r in rows)
+    variances = sum(r["std"] ** 2 for r in rows)  # the pixels' variance shares add up
+    assert variances == pytest.approx(prediction.interval.std**2, rel=0.05)
 
 
 def test_a_square_polygon_is_the_box_it_outlines():

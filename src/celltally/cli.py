@@ -699,24 +699,28 @@ def explain_view(
     ] = None,
     ci: IntervalOption = False,
     level: LevelOption = DEFAULT_LEVEL,
+    diameter: DiameterOption = None,
+    channel: ChannelOption = None,
 ) -> None:
     """The density and the detected centres over the image (<stem>_view.png), and the count in
-    each region (<stem>_regions.csv)."""
+    each region (<stem>_regions.csv), counted as `celltally count` counts."""
     try:
         counter = load_model(model)
         if ci:
             check_intervals(counter, level)
         image = read_image(image_path)
-        output = counter.predict_output(image, str(image_path))
+        source = str(image_path)
+        found = counter.network_pass(image, diameter=diameter, channel=channel, source=source)
+        prediction = counter.read_out(found)
         shape = image.shape[:2]
         regions = [box_region(b, shape) for b in boxes or []]
         regions += [polygon_region(p, shape) for p in polygons or []]
         regions += geojson_regions(geojson, shape) if geojson else []
-        rows = region_counts(counter, output, regions, level if ci else None)
+        rows = region_counts(counter, found, prediction.density, regions, level if ci else None)
     except (InputError, ValueError) as error:
         fail(str(error))
         raise typer.Exit(2) from None
-    density, points = counter.density(output[0], shape), counter.peaks(output[0])
+    density, points = prediction.density, prediction.points
     stem = image_path.stem
     save_view(out / f"{stem}_view.png", image, density, points, regions, rows)
     if rows:

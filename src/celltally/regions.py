@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.draw import polygon2mask
+from skimage.transform import resize
 
 from celltally.errors import InputError
+
+if TYPE_CHECKING:
+    from celltally.models.base import CountingModel
+    from celltally.models.prediction import NetworkPass
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,16 @@ def _numbers(text: str, count: int, form: str) -> list[float]:
     return values
 
 
-def region_counts(model, output: np.ndarray, regions: list[Region], level: float | None = None):
-    """One row per region: its area, count and, with ``level``, its calibrated interval."""
-    if not regions:
-        return []
-    density = model.density(output[0], regions[0].mask.shape)
+def region_counts(
+    model: CountingModel,
+    found: NetworkPass,
+    density: np.ndarray,
+    regions: list[Region],
+    level: float | None = None,
+) -> list[dict]:
+    """One row per region: its area, its count (the sum of the image's ``density``, from
+    ``model.read_out(found)``) and, with ``level``, its calibrated interval, read from the
+    network's output over the region's pixels on the rescaled image the network saw."""
     rows = []
     for region in regions:
         if region.mask.shape != density.shape:
@@ -101,7 +112,14 @@ def region_counts(model, output: np.ndarray, regions: list[Region], level: float
             "count": float(density[region.mask].sum(dtype=np.float64)),
         }
         if level is not None:
-            bounds = model.count_interval(output, level, region.mask)
+            bounds = model.count_interval(found.output, level, on_network(region.mask, found))
             row |= {"ci_low": bounds.low, "ci_high": bounds.high, "std": bounds.std}
         rows.append(row)
     return rows
+
+
+def on_network(mask: np.ndarray, found: NetworkPass) -> np.ndarray:
+    """A region's mask on the pixels of the rescaled image the network saw."""
+    if found.scale == 1.0:
+        return mask
+    return resize(mask.astype(np.float32), found.network_shape, order=1) >= 0.5
