@@ -108,9 +108,9 @@ def test_the_centres_found_number_as_many_as_the_count():
                 rng.uniform(5, 123, (int(n), 2)), rng.uniform(0.2, 1.5, int(n)), strict=True
             )
         ]
-        maps.append(np.sum(cells, axis=0)[None])
+        maps.append(np.sum(cells, axis=0))
     threshold = agreeing_peak_threshold(model, maps, counts)
-    centres = [len(model.peaks(m[0], threshold)) for m in maps]
+    centres = [len(model.peaks(m, threshold)) for m in maps]
     assert np.median(np.divide(centres, counts)) == pytest.approx(1.0, abs=0.1)
     fewer = agreeing_peak_threshold(model, maps, [c / 2 for c in counts])
     assert fewer > threshold  # fewer cells counted: a higher threshold finds fewer centres

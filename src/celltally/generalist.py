@@ -259,8 +259,9 @@ def calibrate_as_counted(model: CountingModel, samples: Sequence[Sample]) -> Non
     gain = float(1.0 / max(np.median(counts[enough] / np.asarray(truth)[enough]), 1e-6))
     model.config.count_gain *= gain
     outputs = [affine_output(found.output, gain, 0.0) for found in passes]
+    maps = [output[0] for output in outputs]
     model.config.peak_threshold = agreeing_peak_threshold(
-        model, outputs, gain * counts, MIN_GAIN_CELLS
+        model, maps, gain * counts, MIN_GAIN_CELLS
     )
     set_interval_calibration(model, outputs, truth)
 

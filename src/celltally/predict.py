@@ -55,8 +55,9 @@ def agreeing_peak_threshold(
     model: CountingModel, maps: list[np.ndarray], counts: Sequence[float], min_cells: float = 5
 ) -> float:
     """The peak threshold at which the centres found in validation images' output ``maps``
-    number as many as their ``counts``: the median ratio of centres to count is 1 over the
-    images counted at ``min_cells`` or more (the few-cell images' ratios are noise).
+    (each ``(H, W)``: the output's first channel) number as many as their ``counts``: the
+    median ratio of centres to count is 1 over the images counted at ``min_cells`` or more
+    (the few-cell images' ratios are noise).
 
     The F1-best threshold (``choose_peak_threshold``) serves a detector; a counter's centres
     must tell the story of its count, or the overlay circles a different number than the
@@ -88,6 +89,8 @@ def _peaks_and_values(
     """Every local maximum of each output's centre map (image pixels) and its value."""
     peaks, values = [], []
     for output in maps:
+        if output.ndim != 2:  # a (C, H, W) output would add its log-variance's maxima
+            raise ValueError(f"a map is (H, W), got {output.shape}: pass an output's first channel")
         centre_map = model.centre_map(output)
         found = model.local_maxima(centre_map, 0.0)
         peaks.append(to_image_points(found, model.config.downsample))
