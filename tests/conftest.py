@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLTALLY_DATA", REPO.parent / "shared" / "data"))
@@ -31,3 +32,11 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     return REPO / "samples"
+
+
+def textured(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A random float32 image with structure a model counts (uniform noise smoothed over 2 px,
+    over rows and columns): pure noise counts 0 by construction (``ood.has_signal``), which
+    would make a test of the network's plumbing trivial."""
+    sigma = (2.0, 2.0) + (0.0,) * (len(shape) - 2)
+    return ndimage.gaussian_filter(rng.random(shape), sigma).astype(np.float32)

@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+from tests.conftest import textured
 from typer.testing import CliRunner
 
 from celltally import create_model, save_model
@@ -84,7 +85,7 @@ def test_fft_convolution_equals_direct_convolution_forward_and_backward(channels
 
 def test_the_model_gives_the_same_output_with_fft_and_direct_convolutions(rng):
     model = create_model("countception")
-    image = rng.random((40, 52), dtype=np.float32)
+    image = textured(rng, (40, 52))
     fast = model.predict_map(image)
     direct = model.use_fft(False).predict_map(image)
     np.testing.assert_allclose(fast, direct, rtol=1e-4, atol=1e-4 * np.abs(direct).max())

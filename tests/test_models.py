@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from tests.conftest import textured
 
 from celltally import create_model, list_models
 from celltally.errors import InputError
@@ -107,7 +108,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_count_is_the_map_sum_over_scale():
     model = create_model("fcrn_a", scale=50.0)
-    image = np.random.default_rng(3).random((40, 40), dtype=np.float32)
+    image = textured(np.random.default_rng(3), (40, 40))
     assert model.count(image) == pytest.approx(
         float(model.predict_map(image).sum()) / 50.0, rel=1e-6
     )

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from tests.conftest import textured
 
 from celltally import create_model, load_model, save_model
 from celltally.errors import InputError
@@ -14,7 +15,7 @@ from celltally.targets import density_map
 @pytest.mark.parametrize("name", ["fcrn_a", "fcrn_b", "countception"])
 def test_tiled_prediction_equals_whole_image(name, rng):
     model = create_model(name, tile_size=64)  # 64-pixel tiles: a 203x171 image takes 4x3 tiles
-    image = rng.random((203, 171), dtype=np.float32)
+    image = textured(rng, (203, 171))
     tiled = model.predict_map(image)
     model.config.tile_size = 4096
     whole = model.predict_map(image)
@@ -26,7 +27,7 @@ def test_tiled_prediction_equals_whole_image(name, rng):
 
 def test_save_load_round_trip_keeps_weights_config_and_outputs(tmp_path, rng):
     model = create_model("fcrn_b", in_channels=3, sigma=3.0, peak_threshold=0.7)
-    image = rng.random((48, 56, 3), dtype=np.float32)
+    image = textured(rng, (48, 56, 3))
     save_model(model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt")
     assert type(loaded) is type(model) and loaded.config == model.config
@@ -68,7 +69,7 @@ def test_tta_counts_the_mean_of_the_moved_images_counts(name, rng):
     model = create_model(name)
     weight = model.readout.weight.detach().clone().reshape(-1)
     model.set_readout(weight, torch.tensor(0.5))  # most of the map above the ReLU's zero
-    image = rng.random((61, 83), dtype=np.float32)
+    image = textured(rng, (61, 83))
     counts = [model.count(moved(torch.from_numpy(image), t).numpy()) for t in DIHEDRAL]
     assert np.ptp(counts) > 1e-3  # a random network is not equivariant: the mean is not trivial
     model.config.tta = True

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from imageio.v3 import imread
+from tests.conftest import textured
 from typer.testing import CliRunner
 
 from celltally import create_model
@@ -116,7 +117,7 @@ def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
     """At the maximum-likelihood fit the scaled squared residuals average exactly 1 (the
     bias's gradient is zero), and the head does not change the map."""
     rng = np.random.default_rng(0)
-    images = [rng.random((48, 48)).astype(np.float32) for _ in range(3)]
+    images = [textured(rng, (48, 48)) for _ in range(3)]
     points = [rng.uniform(0, 48, (int(rng.integers(5, 15)), 2)) for _ in range(3)]
     torch.manual_seed(0)
     model = create_model("fcrn_a").eval()
@@ -138,7 +139,7 @@ def test_with_variance_head_fits_the_likelihood_optimum_and_keeps_the_map():
 
 def test_a_fitted_variance_head_is_clipped_to_the_quantiles_of_its_fitted_values():
     rng = np.random.default_rng(1)
-    images = [rng.random((64, 64)).astype(np.float32) for _ in range(2)]
+    images = [textured(rng, (64, 64)) for _ in range(2)]
     points = [rng.uniform(0, 64, (10, 2)) for _ in range(2)]
     fitted = with_variance_head(create_model("fcrn_a").eval(), images, points).eval()
     low, high = fitted.config.log_variance_range
@@ -159,7 +160,7 @@ def test_intervals_are_ordered_and_never_negative():
 @pytest.mark.parametrize("arch", ["fcrn_a", "fcrn_b", "countception"])
 def test_a_variance_head_adds_a_log_variance_channel(arch):
     model = create_model(arch, variance_head=True).eval()
-    image = np.random.default_rng(0).random((48, 64)).astype(np.float32)
+    image = textured(np.random.default_rng(0), (48, 64))
     output = model.predict_output(image)
     assert output.shape[0] == 2 and output.shape[1:] == model.predict_map(image).shape
     with pytest.raises(ValueError, match="calibrate"):
@@ -243,7 +244,7 @@ def test_intervals_from_a_model_without_variance_head_are_a_one_line_error(sampl
 def test_region_intervals_add_up_to_the_image_when_the_regions_tile_it():
     model = create_model("fcrn_a", variance_head=True).eval()
     model.config.conformal_scores = list(np.linspace(0.1, 3.0, 40))
-    output = model.predict_output(np.random.default_rng(1).random((64, 80)).astype(np.float32))
+    output = model.predict_output(textured(np.random.default_rng(1), (64, 80)))
     left = np.zeros((64, 80), bool)
     left[:, :30] = True
     whole = model.count_interval(output, 0.9)
@@ -273,7 +274,7 @@ def test_count_calibration_recovers_a_known_affine_bias(arch, rng):
 def test_the_count_calibration_applies_to_counts_regions_and_intervals(rng):
     model = create_model("fcrn_a", variance_head=True).eval()
     model.config.conformal_scores = list(np.linspace(0.1, 3.0, 40))
-    image = rng.random((48, 56)).astype(np.float32)
+    image = textured(rng, (48, 56))
     plain = model.predict_output(image)
     model.config.count_gain, model.config.count_offset = 2.0, 0.001
     calibrated = model.predict_output(image)
