@@ -31,7 +31,7 @@ from celltally.data.scale import rescaled
 from celltally.data.synth import SynthSample, generate, preset, synth_samples
 from celltally.diameter import diameter_at_points, mask_diameter
 from celltally.models import CountingModel, load_model, save_model
-from celltally.models.ood import contrast
+from celltally.models.ood import image_contrast
 from celltally.models.size import (
     MIN_VIEW_SIDE,
     SIZE_RANGE,
@@ -230,7 +230,7 @@ def contrast_range(originals: dict[str, list[tuple[Sample, float]]]) -> list[flo
     for pairs in originals.values():
         for sample, _ in pairs[:SIZE_IMAGES_PER_SET]:
             image = pick_channel(sample.load()[0], source=sample.image_path)[0]
-            values.append(contrast(image.mean(axis=2)))
+            values.append(image_contrast(image))
     return np.percentile(values, [1.0, 99.0]).tolist()
 
 
@@ -255,8 +255,9 @@ def calibrate_as_counted(model: CountingModel, samples: Sequence[Sample]) -> Non
         passes.append(model.network_pass(image, source=str(sample.image_path)))
         truth.append(len(points))
     counts = np.array([model.count_from_map(found.output[0]) for found in passes])
-    enough = np.asarray(truth) >= MIN_GAIN_CELLS
-    gain = float(1.0 / max(np.median(counts[enough] / np.asarray(truth)[enough]), 1e-6))
+    truth = np.asarray(truth, dtype=float)
+    enough = truth >= MIN_GAIN_CELLS
+    gain = float(1.0 / max(np.median(counts[enough] / truth[enough]), 1e-6))
     model.config.count_gain *= gain
     outputs = [affine_output(found.output, gain, 0.0) for found in passes]
     maps = [output[0] for output in outputs]

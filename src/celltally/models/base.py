@@ -41,7 +41,7 @@ from celltally.data.scale import (
 )
 from celltally.errors import InputError
 from celltally.models.inference import predict_dihedral, predict_tiled
-from celltally.models.ood import has_signal, out_of_distribution
+from celltally.models.ood import has_signal, image_contrast, out_of_distribution
 from celltally.models.prediction import NetworkPass, Prediction
 from celltally.models.size import refine_diameter
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
@@ -271,47 +271,13 @@ class CountingModel(nn.Module):
         return 2 if self.config.variance_head else 1
 
     # ---- raw images in, counts and centres out -------------------------------------------
-    def predict(
-        self,
-        image: np.ndarray,
-        *,
-        diameter: float | None = None,
-        channel: int | None = None,
-        tile: int | None = None,
-        tta: bool | None = None,
-        ci: float | None = None,
-        source: str | None = None,
-        separate_channels: bool = False,
-    ) -> Prediction:
-        """Count ``image`` (any dtype, ``(H, W)`` or ``(H, W, C)``) in one network pass (with
-        a diameter estimated by a model with a size model, also the encoder's half of the
-        network on the image's centre: ``celltally.models.size``).
-
-        Args:
-            diameter: the image's cell diameter in pixels; the image is rescaled so that its
-                cells have the model's training ``diameter``. ``None``: estimated from the
-                image (``celltally.diameter.measure_diameter``) for a model with
-                ``auto_diameter``, else the image is not rescaled.
-            channel: the channel holding the cells (0-based); ``None``: chosen as
-                ``celltally.data.images.pick_channel`` documents.
-            tile: tile side for large images (default ``config.tile_size``); tiled and whole
-                predictions are equal.
-            tta: test-time augmentation (default ``config.tta``).
-            ci: a level (e.g. 0.95): also the count's calibrated interval at that level.
-            source: the file the image came from, named in errors.
-            separate_channels: the image's channels are separate stains (a TIFF's C axis:
-                ``read_stack``), not the colours of one picture.
-        """
-        found = self.network_pass(
-            image,
-            diameter=diameter,
-            channel=channel,
-            tile=tile,
-            tta=tta,
-            source=source,
-            separate_channels=separate_channels,
-        )
-        return self.read_out(found, ci)
+    def predict(self, image: np.ndarray, *, ci: float | None = None, **options: Any) -> Prediction:
+        """Count ``image`` (any dtype, ``(H, W)`` or ``(H, W, C)``) in one network pass: the
+        count, density, centres, the diameter counted at and warnings; with ``ci`` (a level,
+        e.g. 0.95), also the count's calibrated interval at that level. ``options``: the
+        cell ``diameter``, ``channel``, ``tile``, ``tta``, ``source`` and
+        ``separate_channels``, as ``network_pass`` documents."""
+        return self.read_out(self.network_pass(image, **options), ci)
 
     def network_pass(
         self,
@@ -324,18 +290,35 @@ class CountingModel(nn.Module):
         source: str | None = None,
         separate_channels: bool = False,
     ) -> NetworkPass:
-        """The first half of ``predict`` (same arguments): the channel chosen, the diameter
-        given or estimated, the image rescaled to the model's and the network run on it."""
+        """The first half of ``predict``: the channel chosen, the diameter given or estimated,
+        the image rescaled to the model's and the network run on it (with a diameter estimated
+        by a model with a size model, also the encoder's half of the network on the image's
+        centre: ``celltally.models.size``).
+
+        Args:
+            diameter: the image's cell diameter in pixels; the image is rescaled so that its
+                cells have the model's training ``diameter``. ``None``: estimated from the
+                image (``celltally.diameter.measure_diameter``) for a model with
+                ``auto_diameter``, else the image is not rescaled.
+            channel: the channel holding the cells (0-based); ``None``: chosen as
+                ``celltally.data.images.pick_channel`` documents.
+            tile: tile side for large images (default ``config.tile_size``); tiled and whole
+                predictions are equal.
+            tta: test-time augmentation (default ``config.tta``).
+            source: the file the image came from, named in errors.
+            separate_channels: the image's channels are separate stains (a TIFF's C axis:
+                ``read_stack``), not the colours of one picture.
+        """
         image, notes = self._input(image, channel, source, separate_channels)
         used, estimated = self._diameter(image, diameter)
         scale = self._scale(used, image.shape[:2])
         network_image = rescale_image(image, scale) if scale != 1.0 else image
-        empty = not has_signal(image)
+        signal = image_contrast(image)
         output = self.predict_output(
-            network_image, source, tile=tile, tta=tta, chosen=True, empty=empty
+            network_image, source, tile=tile, tta=tta, chosen=True, empty=not has_signal(signal)
         )
         shape = network_image.shape[:2]
-        return NetworkPass(image, output, shape, used, estimated, scale, notes)
+        return NetworkPass(image, output, shape, signal, used, estimated, scale, notes)
 
     def read_out(self, found: NetworkPass, ci: float | None = None) -> Prediction:
         """The second half of ``predict``: count, density and centres on the image's pixels,
@@ -351,7 +334,9 @@ class CountingModel(nn.Module):
         bounds = None if ci is None else self.count_interval(output, ci)
         sigma = self.count_sigma(output[1]) if len(output) > 1 else None
         estimated = found.diameter if found.diameter_estimated else None
-        notes = found.notes + out_of_distribution(self, image, estimated, count, sigma)
+        notes = found.notes + out_of_distribution(
+            self, image, estimated, count, sigma, found.contrast
+        )
         return Prediction(
             count,
             density,
@@ -527,7 +512,7 @@ class CountingModel(nn.Module):
         (``predict`` judges the image before rescaling it, which would smooth the noise);
         ``None``: judged here (``ood.has_signal``)."""
         tensor = self.prepare(image, source, chosen)
-        nothing = not has_signal(image) if empty is None else empty
+        nothing = not has_signal(image_contrast(image)) if empty is None else empty
         was_training = self.training
         self.eval()
         run = predict_dihedral if (self.config.tta if tta is None else tta) else predict_tiled

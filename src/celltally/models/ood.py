@@ -34,10 +34,12 @@ def out_of_distribution(
     estimated_diameter: float | None,
     count: float,
     sigma: float | None,
+    signal: float,
 ) -> list[str]:
-    """One-line warnings for an ``(H, W, C)`` image counted ``count`` with predicted standard
-    deviation ``sigma`` (see the module docs)."""
-    notes = [_diameter_note(model, estimated_diameter), *_intensity_notes(model, image)]
+    """One-line warnings for an ``(H, W, C)`` image of contrast ``signal``
+    (``image_contrast``) counted ``count`` with predicted standard deviation ``sigma`` (see the
+    module docs)."""
+    notes = [_diameter_note(model, estimated_diameter), *_intensity_notes(model, image, signal)]
     notes.append(_uncertainty_note(model, count, sigma))
     return [note for note in notes if note]
 
@@ -59,12 +61,11 @@ def _diameter_note(model: CountingModel, estimated: float | None) -> str | None:
     return None
 
 
-def _intensity_notes(model: CountingModel, image: np.ndarray) -> list[str]:
+def _intensity_notes(model: CountingModel, image: np.ndarray, signal: float) -> list[str]:
     grey = image.mean(axis=2)
     notes = []
-    signal = contrast(grey)
     bounds = model.config.contrast_range
-    if signal <= MIN_CONTRAST:
+    if not has_signal(signal):
         notes.append("the image has no contrast above its noise: no cells can be seen; counted 0")
     elif bounds is not None and not bounds[0] <= signal <= bounds[1]:
         notes.append(
@@ -92,18 +93,23 @@ def contrast(grey: np.ndarray) -> float:
     smooth = ndimage.gaussian_filter(grey, SMOOTHING, mode="reflect").ravel()
     rank = min(TOP_PIXELS, smooth.size - 1)
     median = np.median(smooth)
-    high = np.partition(smooth, smooth.size - 1 - rank)[smooth.size - 1 - rank]
-    low = np.partition(smooth, rank)[rank]
+    ranked = np.partition(smooth, [rank, smooth.size - 1 - rank])
+    low, high = ranked[rank], ranked[smooth.size - 1 - rank]
     spread = max(high - median, median - low)
     noise = noise_sigma(grey) / (2.0 * np.sqrt(np.pi) * SMOOTHING)
     return float(min(spread / max(noise, 1e-12), MAX_CONTRAST)) if spread > 0 else 0.0
 
 
-def has_signal(image: np.ndarray) -> bool:
-    """Whether an ``(H, W)`` or ``(H, W, C)`` image shows anything a model could count: a
-    contrast above ``MIN_CONTRAST``."""
-    array = np.asarray(image, dtype=np.float32)
-    return contrast(array if array.ndim == 2 else array.mean(axis=2)) > MIN_CONTRAST
+def image_contrast(image: np.ndarray) -> float:
+    """The ``contrast`` of an ``(H, W)`` or ``(H, W, C)`` image, its channels averaged."""
+    array = np.asarray(image, dtype=np.float64)
+    return contrast(array if array.ndim == 2 else array.mean(axis=2))
+
+
+def has_signal(signal: float) -> bool:
+    """Whether an image of contrast ``signal`` (``image_contrast``) shows anything a model
+    could count: a contrast above ``MIN_CONTRAST``."""
+    return signal > MIN_CONTRAST
 
 
 def _uncertainty_note(model: CountingModel, count: float, sigma: float | None) -> str | None:

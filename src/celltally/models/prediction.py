@@ -55,6 +55,8 @@ class NetworkPass:
         output: ``(out_channels, h, w)``: the network's output for ``image`` rescaled by
             ``scale`` (see ``CountingModel.predict_output``).
         network_shape: the ``(h, w)`` of the rescaled image the network saw.
+        contrast: the image's contrast over its noise (``ood.image_contrast``); at most
+            ``ood.MIN_CONTRAST``, the image was counted 0.
         diameter, diameter_estimated, scale: as ``Prediction``'s.
         notes: the warnings gathered so far (on the channel chosen).
     """
@@ -62,6 +64,7 @@ class NetworkPass:
     image: np.ndarray
     output: np.ndarray
     network_shape: tuple[int, int]
+    contrast: float
     diameter: float | None
     diameter_estimated: bool
     scale: float
