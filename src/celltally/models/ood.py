@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from celltally.models.base import CountingModel
 
 # An image whose contrast (``contrast``) is below this shows no cells a model could see: it
-# counts 0. Pure white, photon (Poisson) and 8-bit rounded noise measure 3.3-3.6; of 30
-# validation (or test) images of each real set, the least contrasted measured 58.
+# counts 0. Pure white, photon (Poisson) and 8-bit rounded noise measure 3.2-4.5 (the top pixels
+# of a larger field of noise lie a little higher: 4.3 on 1024 x 1024); of 30 validation (or
+# test) images of each real set, the least contrasted measured 60 (``benchmarks/contrast.py``).
 MIN_CONTRAST = 6.0
 MAX_CONTRAST = 1e4
 SMOOTHING = 2.0  # px: the Gaussian that averages the noise out of a cell's pixels
