@@ -128,7 +128,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     from pathlib import Path
 
-    from celltally.data.points import atomic_write
+    from celltally.io import atomic_write
 
     atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
     umask = os.umask(0)

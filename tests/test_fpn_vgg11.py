@@ -90,7 +90,7 @@ def test_recomputed_counter_statistics_make_inference_match_the_training_batches
             model.counter(0.1 * torch.rand(4, 1, 96, 96))
         model.eval()
         before = model.counter(masks)[:, 0].sum().item()
-        model.recompute_counter_statistics([masks])
+        model.end_epoch(model.training_phases()[1], [masks])
         model.counter.train()
         in_training = model.counter(masks)[:, 0].sum().item()
         model.eval()
@@ -100,7 +100,7 @@ def test_recomputed_counter_statistics_make_inference_match_the_training_batches
 
 
 def test_counter_crops_count_the_dots_inside_them():
-    from celltally.train import _counter_example
+    from celltally.train.epochs import _counter_example
 
     rng = np.random.default_rng(0)
     height, width = 70, 90

@@ -10,12 +10,12 @@ from tests.conftest import data_set
 from celltally import create_model
 from celltally.data.collection import REAL_SETS, real_set
 from celltally.data.datasets import Sample
-from celltally.data.patches import PatchSampler
 from celltally.data.scale import rescaled, restore_density, to_rescaled_points
 from celltally.generalist import CANONICAL_DIAMETER, image_diameters
 from celltally.models.size import fit_size_model, size_factor
 from celltally.predict import agreeing_peak_threshold
 from celltally.targets import density_map
+from celltally.train.patches import PatchSampler
 from celltally.uncertainty import affine_output, fit_count_calibration
 
 

@@ -3,11 +3,10 @@ import pytest
 import torch
 from tests.conftest import textured
 
-from celltally import create_model, load_model, save_model
+from celltally import create_model, dihedral, load_model, save_model
 from celltally.errors import InputError
 from celltally.metrics import detection_metrics
 from celltally.models import bundled_models, model_hash
-from celltally.models.inference import DIHEDRAL, moved, to_image_frame
 from celltally.predict import choose_peak_threshold
 from celltally.targets import density_map
 
@@ -50,17 +49,17 @@ def test_the_bundled_model_loads_by_name():
 
 
 @pytest.mark.parametrize("name", ["fcrn_a", "countception"])
-@pytest.mark.parametrize("transform", DIHEDRAL)
+@pytest.mark.parametrize("transform", dihedral.ELEMENTS)
 def test_targets_of_moved_dots_map_back_onto_the_image(name, transform, rng):
     model = create_model(name)
     shape = (37, 45)
     dots = np.zeros(shape, dtype=np.float32)
     dots[rng.integers(0, 37, 12), rng.integers(0, 45, 12)] = 1  # including the borders
     dots[0, 0] = dots[36, 44] = dots[0, 44] = 1
-    moved_dots = moved(torch.from_numpy(dots), transform).numpy()
+    moved_dots = dihedral.apply(torch.from_numpy(dots), transform).numpy()
     target = model.training_target(np.argwhere(dots), shape)
     moved_target = model.training_target(np.argwhere(moved_dots), moved_dots.shape)
-    back = to_image_frame(model, moved_target[None], transform)[0]
+    back = dihedral.undo(moved_target[None], transform, model.flip_shift)[0]
     np.testing.assert_allclose(back, target, atol=1e-5)
 
 
@@ -70,7 +69,8 @@ def test_tta_counts_the_mean_of_the_moved_images_counts(name, rng):
     weight = model.readout.weight.detach().clone().reshape(-1)
     model.set_readout(weight, torch.tensor(0.5))  # most of the map above the ReLU's zero
     image = textured(rng, (61, 83))
-    counts = [model.count(moved(torch.from_numpy(image), t).numpy()) for t in DIHEDRAL]
+    tensor = torch.from_numpy(image)
+    counts = [model.count(dihedral.apply(tensor, t).numpy()) for t in dihedral.ELEMENTS]
     assert np.ptp(counts) > 1e-3  # a random network is not equivariant: the mean is not trivial
     model.config.tta = True
     assert model.count(image) == pytest.approx(np.mean(counts), rel=1e-4)

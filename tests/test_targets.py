@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from celltally.data.patches import N_AUGMENTATIONS, PatchSampler, augment
 from celltally.models import create_model
 from celltally.targets import density_map
+from celltally.train.patches import N_AUGMENTATIONS, PatchSampler, augment
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (37, 91), (5, 300)])

@@ -93,7 +93,7 @@ def assert_same_tensors(resumed: dict, straight: dict) -> None:
 
 def test_the_weight_average_follows_every_optimiser_step():
     from celltally import create_model
-    from celltally.train import _weight_average
+    from celltally.train.loop import _weight_average
 
     model = create_model("fcrn_a")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)

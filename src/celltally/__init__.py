@@ -1,7 +1,9 @@
 """celltally: count and locate cells in microscopy images."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
 
 from celltally.models import create_model, list_models, load_model, save_model
+
+__version__ = version("celltally")  # pyproject.toml's
 
 __all__ = ["__version__", "create_model", "list_models", "load_model", "save_model"]

@@ -29,7 +29,6 @@ import torch
 
 from celltally.baselines import BASELINES, create_baseline
 from celltally.data.datasets import Sample, default_channels, load_dataset, resolve_data
-from celltally.data.points import atomic_write
 from celltally.data.splits import (
     PROTOCOLS,
     Split,
@@ -37,6 +36,7 @@ from celltally.data.splits import (
     protocol_split,
     split_from_file,
 )
+from celltally.io import atomic_write, write_json
 from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import list_models
 from celltally.models.io import versions
@@ -138,7 +138,7 @@ def run_benchmark(
                 if path.exists():
                     continue
                 record = _measure(config, method, split, fmt, n, seed, root, out)
-                atomic_write(path, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r)))
+                write_json(path, record, indent=None)
                 write_reports(out, fmt)
                 if on_record:
                     on_record(record)

@@ -48,6 +48,15 @@ def polygon_region(spec: str, shape: tuple[int, int], name: str | None = None) -
     return _polygon(np.array(vertices), shape, name or f"polygon {spec}")
 
 
+def regions_from(
+    boxes: list[str], polygons: list[str], geojson: str | Path | None, shape: tuple[int, int]
+) -> list[Region]:
+    """The regions of ``box_region`` and ``polygon_region`` specs and a GeoJSON file."""
+    regions = [box_region(box, shape) for box in boxes]
+    regions += [polygon_region(polygon, shape) for polygon in polygons]
+    return regions + (geojson_regions(geojson, shape) if geojson else [])
+
+
 def geojson_regions(path: str | Path, shape: tuple[int, int]) -> list[Region]:
     """The Polygon and MultiPolygon features of a GeoJSON file (``[x, y]`` pixel coordinates;
     holes are subtracted), named by their ``name`` property, or numbered."""

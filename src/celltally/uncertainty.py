@@ -251,6 +251,9 @@ def interval(count: float, sigma: float, scores: Sequence[float], level: float) 
     return CountInterval(count, low, max(count + half, low), std, level, sigma)
 
 
+RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # a reliability plot's levels
+
+
 def reliability(
     counts: Sequence[float],
     sigmas: Sequence[float],
@@ -263,3 +266,14 @@ def reliability(
     errors = np.abs(np.asarray(counts, float) - np.asarray(true_counts, float))
     sigmas = np.asarray(sigmas, float)
     return [float(np.mean(errors <= score_quantile(scores, lv) * sigmas)) for lv in levels]
+
+
+def reliability_of(model, rows: list[dict]) -> dict[str, list[float]]:
+    """Observed coverage at ``RELIABILITY_LEVELS`` of ``model``'s intervals over evaluated
+    ``rows`` (``celltally.predict.evaluate``'s, with their ``sigma``)."""
+    levels = list(RELIABILITY_LEVELS)
+    observed = reliability(
+        [r["count"] for r in rows], [r["sigma"] for r in rows], [r["true"] for r in rows],
+        model.config.conformal_scores, levels,
+    )  # fmt: skip
+    return {"levels": levels, "observed": observed}

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from celltally.data.points import atomic_write
+from celltally.io import atomic_write
 
 MIN_OVERLAY_SIDE = 512  # pixels; smaller images are drawn enlarged
 
@@ -64,9 +64,6 @@ def save_overlay(path: str | Path, image: np.ndarray, points: np.ndarray, count:
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
     write_figure(path, figure, dpi)
-
-
-RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def save_reliability_plot(

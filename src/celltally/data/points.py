@@ -8,8 +8,6 @@ row and ``x`` the column, with the centre of the top-left pixel at ``(0, 0)``. A
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from scipy import ndimage
 
 from celltally.data.images import read_image
 from celltally.errors import InputError
+from celltally.io import atomic_write
 
 
 def points_from_dot_pixels(dots: np.ndarray) -> np.ndarray:
@@ -98,25 +97,6 @@ def check_points_inside(points: np.ndarray, shape: tuple[int, int], source: str 
             f" e.g. y={y:g}, x={x:g}"
             " (points are y,x with the top-left pixel centre at 0,0)",
         )
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _first_channel(image: np.ndarray) -> np.ndarray:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from celltally.data.datasets import Sample
+from celltally.data.datasets import Sample, load_dataset, resolve_data
+from celltally.data.synth import synth_samples, synth_settings
 from celltally.errors import InputError
 
 PROTOCOLS = ("lempitsky", "countception", "file")
@@ -127,3 +128,35 @@ def _shuffled(samples: list[Sample], seed: int) -> list[Sample]:
         groups.setdefault(sample.group or sample.name, []).append(sample)
     order = np.random.default_rng(seed).permutation(sorted(groups))
     return [sample for key in order for sample in groups[key]]
+
+
+def evaluation_samples(samples: list[Sample], fmt: str, subset: str, training: dict) -> list:
+    """The samples to evaluate (or calibrate) a model on: ``all``, or ``test``: VGG cells' fixed
+    test set for a model trained under the Lempitsky protocol, else the samples its training
+    (``training``, the model's provenance) neither trained nor validated on."""
+    if subset == "all":
+        return samples
+    if subset != "test":
+        raise ValueError(f"--subset must be 'test' or 'all', not '{subset}'")
+    if fmt == "vgg_cells" and training.get("protocol", "lempitsky") == "lempitsky":
+        return samples[VGG_POOL_SIZE:]  # the fixed test set, 101-200
+    split = training.get("split", {})
+    seen = set(split.get("train", [])) | set(split.get("val", []))
+    unseen = [s for s in samples if s.name not in seen]
+    if not unseen:
+        raise ValueError("the model was trained or validated on every image here; use --subset all")
+    return unseen
+
+
+def training_split(
+    data: str, fmt: str | None, n_train: int, n_val: int, seed: int, protocol: str | None
+) -> tuple[str, str, Split]:
+    """(where the data came from, its format, the seeded split) of a data folder or set name,
+    or, with ``fmt="synth"``, of ``n_train + n_val`` images of a simulated preset."""
+    if fmt == "synth":
+        label, settings = synth_settings(data)
+        samples = synth_samples(settings, n_train + n_val, seed, label)
+        return f"synth:{label}", fmt, Split(samples[:n_train], samples[n_train:], [])
+    root, fmt = resolve_data(data, fmt)
+    split = protocol_split(load_dataset(root, fmt), fmt, n_train, n_val, seed, protocol)
+    return str(root.resolve()), fmt, split

@@ -53,8 +53,9 @@ from scipy import ndimage
 from celltally.config import from_dict
 from celltally.data.datasets import Sample
 from celltally.data.images import as_image
-from celltally.data.points import atomic_write, write_points_csv
+from celltally.data.points import write_points_csv
 from celltally.errors import InputError
+from celltally.io import atomic_write, write_json
 
 N_HARMONICS = 3  # boundary deformation: harmonics 2..4 of the angle
 DEFOCUS_LEVELS = 4  # per-cell defocus is rendered in this many blur layers
@@ -918,7 +919,7 @@ def write_set(
             rows.append(row)
             yield row
     record = {"seed": seed, "n": n, "config": dataclasses.asdict(config)}
-    atomic_write(out / "synth.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    write_json(out / "synth.json", record)
     atomic_write(out / "manifest.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 

@@ -40,8 +40,10 @@ from celltally.data.scale import (
     to_rescaled_points,
 )
 from celltally.errors import InputError
+from celltally.losses import LOSSES
 from celltally.models.inference import predict_dihedral, predict_tiled
 from celltally.models.ood import has_signal, image_contrast, out_of_distribution
+from celltally.models.phases import MAP_PHASES, TrainingPhase
 from celltally.models.prediction import NetworkPass, Prediction
 from celltally.models.size import refine_diameter
 from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA, WINDOW, density_map
@@ -230,9 +232,8 @@ class CountingModel(nn.Module):
     pad: ClassVar[int] = 0  # zeros added around every normalised image
     shrink: ClassVar[int] = 0  # the output is this much smaller than the (padded) input
     recipe: ClassVar[dict] = {}  # training settings that differ from TrainConfig's defaults
-    trains_on_masks: ClassVar[bool] = False  # foreground masks, not target maps (fpn_vgg11)
     # A mirrored output map lies this many pixels too far along the mirrored axis (see
-    # ``celltally.models.inference.predict_dihedral``).
+    # ``celltally.dihedral.undo``).
     flip_shift: ClassVar[int] = 0
 
     def __init__(self, config: ModelConfig):
@@ -448,6 +449,41 @@ class CountingModel(nn.Module):
         """The map the network learns to output for an input of ``shape`` with ``points``
         (both on the network's grid: see ``image_target``)."""
         return density_map(points, shape, self.config.sigma, self.config.scale)
+
+    # ---- training: what the loop in ``celltally.train`` asks of the model -------------------
+    def training_phases(self) -> tuple[TrainingPhase, ...]:
+        """The stages of this model's training, in order (``celltally.models.phases``)."""
+        return MAP_PHASES
+
+    def training_loss(
+        self,
+        phase: TrainingPhase,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss: str,
+        stride: int,
+    ) -> torch.Tensor:
+        """The loss of one batch of ``phase``: ``loss`` (``celltally.losses.LOSSES``) between the
+        map (its first channel: a variance head is fitted after training) and the targets, on
+        every ``stride``-th row and column."""
+        prediction = self.forward_padded(inputs).float()[:, :1, ::stride, ::stride]
+        return LOSSES[loss](prediction, targets[..., ::stride, ::stride])
+
+    def start_epoch(self, phase: TrainingPhase) -> None:
+        """Set the modes of the model's parts for an epoch of ``phase``."""
+        self.train()
+        if phase.batches == "whole":
+            # Inference normalises with the statistics gathered on patches; freezing them lets
+            # the whole-image phase correct the count offset those statistics leave (batches
+            # of one whole image would give poor statistics anyway).
+            self.freeze_batch_norm()
+
+    def end_epoch(self, phase: TrainingPhase, batches: list[torch.Tensor]) -> None:
+        """After an epoch of ``phase`` over ``batches`` (its inputs): nothing to do here."""
+
+    def own_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's foreground mask of normalised images, for phases on ``own_masks``."""
+        raise NotImplementedError(f"{self.config.arch} does not segment its images")
 
     def image_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """The training target of an image of ``shape`` with ``points``, on the pixels of the

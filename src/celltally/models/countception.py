@@ -162,7 +162,11 @@ class CountCeption(CountingModel):
     stride = 1
     pad = WINDOW
     shrink = WINDOW
-    flip_shift = 1  # a count-map pixel is the window that ends there (see ``count_map``)
+    # A count-map pixel i counts the 32 image rows ending at row i (see ``count_map``); in the
+    # mirrored image they end at row H + 30 - i, one before the reversed index H + 31 - i of its
+    # H + 32 rows. The row rolled in from the other end is the window past the image, always
+    # empty.
+    flip_shift = 1
     tile_margin = 16  # > the reach of the six 3x3 "same" convolutions after the first layer
     min_size = 1
     # L1, Adam at 5e-3 and batches of 4 as in the paper, with BatchNorm's batch statistics. The

@@ -23,6 +23,7 @@ the local maxima of the smoothed density.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch import nn
 
 from celltally.losses import gaussian_nll, total_variation
 from celltally.models.base import CountingModel, ModelConfig, averaging_batch_norm
+from celltally.models.phases import TrainingPhase
 from celltally.models.registry import register_model
 
 LEAK = 0.01
@@ -41,6 +43,8 @@ VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 CELL = 32  # the counter's output stride: one count per 32x32 cell
 MASK_FLOOR = 0.05  # share of a cell's count every pixel keeps, so empty-looking cells spread it
 CENTRE_SMOOTHING = 2.0  # pixels: Gaussian applied to the density before finding centres
+# Batches of a counter epoch over which the counter's BatchNorm statistics are averaged after it.
+STATISTICS_BATCHES = 32
 # The mask's log-variance floor in the segmenter's loss: a standard deviation of 0.01 (of a mask
 # in [0, 1]). Without it a tenth of the pixels of a trained segmenter's mask sat at the loss's
 # -20, and its loss on whole images was dominated by a few pixels' errors times e^20.
@@ -109,7 +113,6 @@ class FPNVGG11(CountingModel):
     stride = 32
     tile_margin = 256  # the counter's receptive field is ~200 px; tiles are approximate
     min_size = 32
-    trains_on_masks = True
     # Patch epochs train the segmenter on 128x128 patches; "fine-tuning" epochs the counter on
     # the frozen segmenter's masks in batches, as 256x256 crops (``counter_crop``). The counter
     # learns from the masks of the images the segmenter was trained on, which are cleaner than
@@ -130,8 +133,8 @@ class FPNVGG11(CountingModel):
     }
 
     def __init__(self, config: ModelConfig):
-        config.variance_head = True  # the model always predicts its variance
-        super().__init__(config)
+        # the model always predicts its variance (a copy: the caller's config is left alone)
+        super().__init__(replace(config, variance_head=True))
         self.segmenter = FeaturePyramid(config.in_channels)
         self.counter = VGG11Counter()
 
@@ -166,28 +169,52 @@ class FPNVGG11(CountingModel):
     def training_target(self, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError("fpn_vgg11 trains on foreground masks and counts, not on a target map")
 
-    def segmenter_loss(self, inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return segmentation_loss(self.segment(inputs), masks)
+    def training_phases(self) -> tuple[TrainingPhase, ...]:
+        """The segmenter on patches and their foreground masks (not validated: the counter is
+        not trained yet), then the counter on the frozen segmenter's masks."""
+        return (
+            TrainingPhase("patches", "patches", targets="masks", validated=False),
+            TrainingPhase("finetune", "own_masks", required=True),
+        )
+
+    def training_loss(
+        self,
+        phase: TrainingPhase,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss: str,
+        stride: int,
+    ) -> torch.Tensor:
+        """The segmenter's ``segmentation_loss`` on image patches and their masks, or the
+        counter's ``count_loss`` on predicted masks ``(B, 1, H, W)`` and their counts (its own
+        losses, whatever ``loss`` and ``stride`` say)."""
+        if phase.batches == "own_masks":
+            return count_loss(self.counter(_padded_to_cells(inputs)), targets)
+        return segmentation_loss(self.segment(inputs), targets)
+
+    def start_epoch(self, phase: TrainingPhase) -> None:
+        self.train()
+        if phase.batches == "own_masks":
+            self.segmenter.eval()  # frozen: its masks are the counter's input
 
     @torch.no_grad()
-    def predicted_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+    def end_epoch(self, phase: TrainingPhase, batches: list[torch.Tensor]) -> None:
+        """After a counter epoch, set the counter's BatchNorm statistics to their plain average
+        over (up to ``STATISTICS_BATCHES`` of) its ``batches`` of masks. The image count sums
+        the counter's output over hundreds of cells: the running averages of training halved
+        the counts at inference here."""
+        if phase.batches != "own_masks":
+            return
+        with averaging_batch_norm(self.counter):
+            for batch in batches[:: -(-len(batches) // STATISTICS_BATCHES)]:
+                self.counter(_padded_to_cells(batch))
+
+    @torch.no_grad()
+    def own_mask(self, inputs: torch.Tensor) -> torch.Tensor:
         """The finest predicted mask of normalised images ``(B, C, H, W)``, what the counter
         reads: computed on the images padded to a multiple of 32, then cut back to ``H, W``."""
         height, width = inputs.shape[-2:]
         return torch.sigmoid(self.segment(_padded_to_cells(inputs))[0][:, :1])[..., :height, :width]
-
-    def counter_loss(self, masks: torch.Tensor, true_counts: torch.Tensor) -> torch.Tensor:
-        """``count_loss`` of the counter on predicted masks ``(B, 1, H, W)``."""
-        return count_loss(self.counter(_padded_to_cells(masks)), true_counts)
-
-    @torch.no_grad()
-    def recompute_counter_statistics(self, batches: list[torch.Tensor]) -> None:
-        """Set the counter's BatchNorm statistics to their plain average over ``batches`` of
-        masks. The image count sums the counter's output over hundreds of cells: the running
-        averages of training halved the counts at inference here."""
-        with averaging_batch_norm(self.counter):
-            for batch in batches:
-                self.counter(_padded_to_cells(batch))
 
 
 def _padded_to_cells(batch: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,12 @@ augmentation over the 8 flips and quarter turns. Below ``celltally.models.base``
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from celltally import dihedral
 
 if TYPE_CHECKING:
     from celltally.models.base import CountingModel
@@ -46,45 +47,22 @@ def predict_tiled(
     return output
 
 
-# The 8 flips and quarter turns of the square, as (transpose, mirror rows, mirror columns).
-DIHEDRAL = list(itertools.product((False, True), repeat=3))
-
-
 def predict_dihedral(
     model: CountingModel, image: torch.Tensor, tile_size: int, margin: int
 ) -> np.ndarray:
     """Test-time augmentation: the mean ``predict_tiled`` output over the 8 flips and quarter
-    turns of ``image``, each mapped back onto the image by ``to_image_frame``. Counts are the
-    mean of the 8 counts; centres are found on the mean map."""
+    turns of ``image``, each mapped back onto the image (``dihedral.undo``, rolled by the
+    model's ``flip_shift``). Counts are the mean of the 8 counts; centres are found on the mean
+    map."""
     total = sum(
-        to_image_frame(model, predict_tiled(model, moved(image, t), tile_size, margin), t)
-        for t in DIHEDRAL
+        dihedral.undo(
+            predict_tiled(model, dihedral.apply(image, element), tile_size, margin),
+            element,
+            model.flip_shift,
+        )
+        for element in dihedral.ELEMENTS
     )
-    return (total / np.float32(len(DIHEDRAL))).astype(np.float32)
-
-
-def moved(image: torch.Tensor, transform: tuple[bool, bool, bool]) -> torch.Tensor:
-    """``(..., H, W)`` ``image`` transposed and/or mirrored as ``transform`` says."""
-    transpose, mirror_rows, mirror_cols = transform
-    image = image.transpose(-2, -1) if transpose else image
-    axes = [axis for axis, mirror in ((-2, mirror_rows), (-1, mirror_cols)) if mirror]
-    return image.flip(axes) if axes else image
-
-
-def to_image_frame(
-    model: CountingModel, output: np.ndarray, transform: tuple[bool, bool, bool]
-) -> np.ndarray:
-    """Map the ``(C, h, w)`` output of the ``moved`` image back onto the original image: undo
-    the mirrors, then the transpose. A mirrored axis is also rolled back by ``model.flip_shift``
-    pixels. Count-ception's map pixel ``i`` counts the 32 image rows ending at row ``i``; in the
-    mirrored image they end at row ``H + 30 - i``, one before the reversed index ``H + 31 - i``
-    of its ``H + 32`` rows. The row rolled in from the other end is the window past the image,
-    always empty."""
-    transpose, mirror_rows, mirror_cols = transform
-    for axis, mirror in ((-2, mirror_rows), (-1, mirror_cols)):
-        if mirror:
-            output = np.roll(np.flip(output, axis), -model.flip_shift, axis)
-    return output.swapaxes(-2, -1) if transpose else output
+    return (total / np.float32(len(dihedral.ELEMENTS))).astype(np.float32)
 
 
 def _run(model: CountingModel, image: torch.Tensor) -> np.ndarray:

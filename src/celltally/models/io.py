@@ -10,6 +10,7 @@ import json
 import platform
 import shutil
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,8 @@ DEFAULT_MODEL = "generalist"
 
 
 def versions() -> dict[str, str]:
-    from celltally import __version__
-
     return {
-        "celltally": __version__,
+        "celltally": version("celltally"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -103,3 +102,19 @@ def model_hash(path_or_name: str | Path) -> str:
     """SHA-256 of a checkpoint's weights file: which exact model produced a result."""
     digest = hashlib.sha256((resolve_model(path_or_name) / WEIGHTS_FILE).read_bytes())
     return digest.hexdigest()
+
+
+def model_card(folder: Path) -> dict[str, str]:
+    """What a bundled model is: its architecture, what it is for, the cell diameter it counts
+    at, its training data with their licences and its test figures (from ``card.json``)."""
+    config = read_config(folder)
+    card_file = folder / "card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    data = card.get("training_data", {})
+    return {
+        "architecture": config.arch,
+        "for": card.get("purpose", ""),
+        "cell diameter": "unknown" if config.diameter is None else f"{config.diameter:g} px",
+        "trained on": "; ".join(f"{name} ({licence})" for name, licence in data.items()),
+        "tested": card.get("test", ""),
+    }

@@ -13,27 +13,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from celltally import dihedral
 from celltally.models.base import normalise
 
 if TYPE_CHECKING:
     from celltally.models.base import CountingModel
 
-N_AUGMENTATIONS = 8
+N_AUGMENTATIONS = len(dihedral.ELEMENTS)
 
 
 def augment(image: np.ndarray, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Apply dihedral element ``k`` (0-7: ``k % 4`` quarter turns, then a flip if ``k >= 4``)
-    to an ``(H, W, C)`` image and its ``(N, 2)`` y,x points."""
-    height, width = image.shape[:2]
-    y, x = points[:, 0], points[:, 1]
-    for _ in range(k % 4):  # np.rot90 turns counter-clockwise: (y, x) -> (W - 1 - x, y)
-        image = np.rot90(image)
-        y, x = width - 1 - x, y
-        height, width = width, height
-    if k >= 4:
-        image = image[:, ::-1]
-        x = width - 1 - x
-    return np.ascontiguousarray(image), np.stack([y, x], axis=1)
+    """Apply dihedral element ``k`` (``dihedral.ELEMENTS``: ``k % 4`` quarter turns, then a
+    flip if ``k >= 4``) to an ``(H, W, C)`` image and its ``(N, 2)`` y,x points."""
+    element = dihedral.ELEMENTS[k]
+    moved = np.ascontiguousarray(dihedral.apply(image, element, axes=(0, 1)))
+    return moved, dihedral.apply_to_points(points, image.shape[:2], element)
 
 
 class PatchSampler:

@@ -1,0 +1,3 @@
+from celltally.cli import app
+
+app()
