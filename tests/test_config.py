@@ -47,3 +47,15 @@ def test_assignments_parse_json_or_bare_words():
     assert values == {"steps": 3, "size": [5, 6], "name": "b", "limit": None}
     with pytest.raises(ValueError, match="expected NAME=VALUE with NAME one of"):
         parse_assignments(Settings, ["step=3"])
+
+
+def test_the_recipe_applies_however_the_config_is_built():
+    from dataclasses import replace
+
+    from celltally.train import TrainConfig
+
+    direct, read = TrainConfig(arch="countception"), TrainConfig.from_dict({"arch": "countception"})
+    assert direct == read and (direct.loss, direct.lr, direct.batch_size) == ("l1", 5e-3, 4)
+    assert TrainConfig(arch="countception", loss="mse").loss == "mse"  # what is given wins
+    assert replace(direct, lr=0.1).loss == "l1"
+    assert TrainConfig().loss == "mse"

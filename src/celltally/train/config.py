@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ class TrainConfig:
     The paper's SGD (``optimizer="sgd", lr=1e-2``, momentum 0.9) reached a higher loss in the
     same time here; the paper's networks have no BatchNorm, and without it SGD at 1e-2 diverges
     (use ``lr=1e-3`` with ``batch_norm=False``). An architecture's ``recipe`` replaces some of
-    these defaults when the config is built with ``from_dict`` (Count-ception: L1 loss, Adam at
+    these defaults, however the config is built (Count-ception: L1 loss, Adam at
     5e-3, batches of 4 128x128 patches, 20 + 2 epochs, no weight decay, whole-image
     normalisation).
 
@@ -144,10 +146,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (JSON settings), checking names and types, on top of the
-        architecture's recipe."""
-        recipe = architecture(values.get("arch", cls.arch)).recipe
-        return config_from_dict(cls, {**recipe, **values})
+        """Build from a dict (JSON settings), checking names and types."""
+        return config_from_dict(cls, values)
 
     @classmethod
     def from_settings(
@@ -157,6 +157,20 @@ class TrainConfig:
         ``name=value`` ``assignments`` (``--set``) and the ``given`` command-line options."""
         values = read_settings_file(file) | parse_assignments(cls, assignments)
         return cls.from_dict({**defaults, **values, **given})
+
+
+def _on_the_recipe(init: Callable[..., None]) -> Callable[..., None]:
+    """``TrainConfig.__init__`` on top of the architecture's ``recipe``: the settings given
+    replace the recipe's, which replace the defaults, however the config is built."""
+
+    @functools.wraps(init)
+    def merged(self, **given: Any) -> None:
+        init(self, **{**architecture(given.get("arch", TrainConfig.arch)).recipe, **given})
+
+    return merged
+
+
+TrainConfig.__init__ = _on_the_recipe(TrainConfig.__init__)  # type: ignore[method-assign]
 
 
 def native_bf16() -> bool:
