@@ -37,7 +37,7 @@ def run_epoch(
     """One epoch of ``phase``; its mean loss."""
     data.prepare(model, phase)
     model.start_epoch(phase)
-    step = _stepper(model, phase, optimizer, config)
+    step = _Stepper(model, phase, optimizer, config)
     batches = _EPOCHS[phase.batches](model, data, config, step)
     model.end_epoch(phase, batches)
     return float(np.mean(step.losses))
@@ -110,7 +110,7 @@ def _counter_example(
     return np.ascontiguousarray(turned[top : top + height, left : left + width]), int(inside.sum())
 
 
-class _stepper:
+class _Stepper:
     """One optimiser step per call on a batch of ``phase``, in bfloat16 autocast where the
     config says so; keeps the losses."""
 
