@@ -135,3 +135,22 @@ def test_segmenter_then_counter_training_on_synthetic_masks(tmp_path):
     assert model.config.count_gain != 1.0  # the recipe calibrates the counts on validation
     bounds = model.count(samples[8].load()[0], ci=0.5)
     assert bounds.low <= max(bounds.count, 0.0) <= bounds.high
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"finetune_epochs": 0}, "set finetune_epochs >= 1"),  # the counter must be trained
+        ({"ema_decay": 0.9}, "cannot average its weights"),  # its parts train in turn
+    ],
+)
+def test_the_phases_it_declares_are_checked_before_training(tmp_path, settings, problem):
+    from celltally.data.synth import preset, synth_samples
+    from celltally.train import TrainConfig, train
+
+    cells = preset("bbbc005", height=64, width=64, count_range=(2, 4), radius=6.0)
+    samples = synth_samples(cells, 9, seed=0)
+    config = TrainConfig.from_dict({"arch": "fpn_vgg11", "in_channels": 3, **settings})
+    with pytest.raises(ValueError, match=problem):
+        train(config, samples[:4], samples[4:], tmp_path, progress=False)
+    assert not (tmp_path / "model").exists()
