@@ -114,3 +114,19 @@ def test_dim_cells_under_photon_noise_are_not_measured_as_the_noise_grain(cells)
         light[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] += 2.0
     image = rng.poisson(light).astype(np.float32)[:, :, None]
     assert 16 / 2 <= estimate_diameter(image) <= 16 * 1.5
+
+
+def test_small_nuclei_inside_a_large_bright_body_are_measured_not_the_body():
+    """An embryo-like field: 12 px nuclei packed inside a dimmer 300 px body. The body holds
+    most of the image's band-passed energy; the nuclei are what is counted."""
+    rng = np.random.default_rng(0)
+    side, radius = 640, 6
+    image = np.zeros((side, side), np.float32)
+    image[disk((side / 2, side / 2), 150, shape=image.shape)] = 0.3
+    grid = np.stack(np.mgrid[-135:136:16, -135:136:16], axis=-1).reshape(-1, 2)
+    inside = grid[np.hypot(*grid.T) < 135] + side / 2
+    for centre in inside + rng.integers(-2, 3, inside.shape):
+        image[disk(tuple(centre), radius, shape=image.shape)] = 1.0
+    image = gaussian_filter(image, 1.0) + rng.normal(0.0, 0.02, image.shape).astype(np.float32)
+    estimate = estimate_diameter((255 * image)[:, :, None])
+    assert abs(estimate - 2 * radius) / (2 * radius) < 0.3, estimate
