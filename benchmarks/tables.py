@@ -30,20 +30,6 @@ SETTINGS = {
     "fcrn_b": {"batch_size": 8, "steps_per_epoch": 200, "epochs": 7, "lr_step": 5,
                "finetune_epochs": 0, "time_budget": 1150},
 }  # fmt: skip
-# What a table's figures need beside them (measured, with the date), shown under its command.
-NOTES = {
-    "mbm": "fcrn_b was rerun on 2026-12-02 for the peak-threshold choice of that day (detection"
-    " F1 0.401 before, 0.842 now). On the machine of that day an MBM epoch of FCRN-B took 230 s"
-    " (on the machine of 2026-12-01, with the same code and versions, 107 s: 7 epochs in"
-    " 748 s; forward passes on 600x600 images were 2-2.5x slower there, on VGG's 256x256 about"
-    " 1.15x), so its 1150 s `time_budget` stopped draw 0 after 5 of the 7 epochs (validation"
-    " MAE 15.3, 14.1, 9.8, 10.2, 8.9, from its log; draws 1-2 were not logged) and the MAE"
-    " rose from 8.17 +- 1.84 (7 epochs) to 10.95 +- 3.09. Records written from 2026-12-04 on"
-    " keep the epochs trained (`epochs` column). fcrn_a draw 0 was rerun on 2026-12-04 to get"
-    " its model back for the interval benchmark: MAE 8.62 (8.81 on 2026-12-02, 8.62 on"
-    " 2026-12-01) in 22.6 min (10-12 min before): the machine of 2026-12-04 was as slow on"
-    " 600x600 images as that of 2026-12-02, and the training time is a mean over both.",
-}
 TABLES = {
     "vgg_cells": {"protocol": "lempitsky", "n": (8, 16, 32, 50)},
     "mbm": {"protocol": "countception", "n": (15,)},
@@ -88,7 +74,6 @@ def main() -> None:
                 f" `{json.dumps(SETTINGS)}`). Records and splits:"
                 f" `benchmarks/tables/{name}/records`; plot:"
                 f" `benchmarks/tables/{name}/mae_vs_n.png`.",
-                *(["", NOTES[name]] if name in NOTES else []),
                 "",
                 (out / "table.md").read_text(),
             ]
