@@ -44,24 +44,6 @@ LevelOption = Annotated[
 ]
 
 
-def fail(message: str) -> None:
-    errors.print(f"[red]error:[/] {message}", soft_wrap=True)
-
-
-def reports_errors(command: Callable) -> Callable:
-    """Turn a command's ``InputError`` or ``ValueError`` into the one-line error and exit code 2."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (InputError, ValueError) as error:
-            fail(str(error))
-            raise typer.Exit(2) from None
-
-    return run
-
-
 DiameterOption = Annotated[
     float | None,
     typer.Option(
@@ -80,5 +62,24 @@ ChannelOption = Annotated[
 ]
 
 
+def fail(message: str) -> None:
+    errors.print(f"[red]error:[/] {message}", soft_wrap=True)
+
+
+def reports_errors(command: Callable) -> Callable:
+    """Turn a command's ``InputError`` or ``ValueError`` into the one-line error and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (InputError, ValueError) as error:
+            fail(str(error))
+            raise typer.Exit(2) from None
+
+    return run
+
+
 def progress(description: str) -> Callable:
+    """A progress bar on stderr over the items it is given, gone when they are done."""
     return lambda items: track(items, description=description, console=errors, transient=True)
