@@ -15,7 +15,6 @@ papers' Table 1 layout with the published figures beside ours, then the details)
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from celltally.data.splits import (
     protocol_split,
     split_from_file,
 )
-from celltally.io import atomic_write, write_json
+from celltally.io import atomic_write, read_json, write_json
 from celltally.metrics import DETECTION_RADIUS, count_metrics
 from celltally.models import list_models
 from celltally.models.io import versions
@@ -212,7 +211,7 @@ def _uncalibrated_count_metrics(model, samples: list[Sample]) -> dict[str, float
 
 
 def load_records(out: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("records/*.json"))]
+    return [read_json(p) for p in sorted(Path(out).glob("records/*.json"))]
 
 
 def summarise(records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -35,4 +35,5 @@ def write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON in ``path`` (a record, a config, a split)."""
     return json.loads(Path(path).read_text())

@@ -23,6 +23,7 @@ import numpy as np
 from celltally.data.datasets import Sample, load_dataset, resolve_data
 from celltally.data.synth import synth_samples, synth_settings
 from celltally.errors import InputError
+from celltally.io import read_json
 
 PROTOCOLS = ("lempitsky", "countception", "file")
 VGG_POOL_SIZE = 100
@@ -95,7 +96,7 @@ def split_from_file(samples: list[Sample], path: str | Path) -> Split:
     benchmark record, whose ``split`` holds these lists, works too). A part may be empty: a
     test-only set has no training images."""
     try:
-        record = json.loads(Path(path).read_text())
+        record = read_json(path)
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(path, f"cannot read the split file: {error}") from None
     names = record.get("split", record) if isinstance(record, dict) else None

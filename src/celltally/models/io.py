@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from celltally.errors import InputError
+from celltally.io import read_json
 from celltally.models.base import CountingModel, ModelConfig
 from celltally.models.registry import build_model
 
@@ -71,7 +72,7 @@ def load_model(
 def read_config(path_or_name: str | Path) -> ModelConfig:
     """The config of a checkpoint, run folder or bundled model, without building it."""
     folder = resolve_model(path_or_name)
-    return ModelConfig.from_sections(json.loads((folder / CONFIG_FILE).read_text()))
+    return ModelConfig.from_sections(read_json(folder / CONFIG_FILE))
 
 
 def resolve_model(path_or_name: str | Path) -> Path:
@@ -109,7 +110,7 @@ def model_card(folder: Path) -> dict[str, str]:
     at, its training data with their licences and its test figures (from ``card.json``)."""
     config = read_config(folder)
     card_file = folder / "card.json"
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    card = read_json(card_file) if card_file.is_file() else {}
     data = card.get("training_data", {})
     return {
         "architecture": config.arch,
