@@ -5,9 +5,10 @@ side in one process: a training step is forward, L1 loss, backward and an Adam s
 training mode with the recipe's frozen BatchNorm; inference is a forward pass in evaluation
 mode. Timings are medians over
 ``--repeats`` alternating rounds after a warm-up. The ``countception-speed`` section of
-RESULTS.md.
+RESULTS.md; the timings are kept in ``benchmarks/countception_speed/records.json``.
 
-    python benchmarks/countception_speed.py
+    python benchmarks/countception_speed.py            # measure, then write the section
+    python benchmarks/countception_speed.py --report   # the section from the records
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from celltally import create_model
 from celltally.targets import WINDOW
-from results import write_section
+from results import read_records, save_records, write_section
 
 SIDE = 256
 MODES = {  # name: (FFT convolutions, bfloat16 autocast)
@@ -81,7 +82,7 @@ def agreement() -> float:
     return float((fast - direct).abs().max() / direct.abs().max())
 
 
-def report(times: dict[str, dict[str, float]], error: float, repeats: int) -> str:
+def report(times: dict[str, dict[str, float]], error: float, repeats: int, threads: int) -> str:
     base = times["direct, float32"]
     rows = [
         f"| {mode} | {t['train']:.2f} | {base['train'] / t['train']:.1f}x"
@@ -94,7 +95,7 @@ def report(times: dict[str, dict[str, float]], error: float, repeats: int) -> st
             "",
             "Command: `python benchmarks/countception_speed.py`",
             "",
-            f"One {SIDE}x{SIDE} image, batch of 1, {torch.get_num_threads()} threads; medians of"
+            f"One {SIDE}x{SIDE} image, batch of 1, {threads} threads; medians of"
             f" {repeats} alternating rounds in one run. Training step = forward, L1 loss, backward,"
             " Adam step, with the recipe's frozen BatchNorm. The FFT replaces the 14x14 and 18x18"
             " convolutions only; with bfloat16 autocast the other convolutions (and, direct, the"
@@ -115,9 +116,12 @@ def report(times: dict[str, dict[str, float]], error: float, repeats: int) -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
     args = parser.parse_args()
-    times = measure(args.repeats)
-    text = report(times, agreement(), args.repeats)
+    if not args.report:
+        record = {"times": measure(args.repeats), "error": agreement(), "repeats": args.repeats}
+        save_records("countception_speed", {**record, "threads": torch.get_num_threads()})
+    text = report(**read_records("countception_speed"))
     print(text)
     write_section("countception-speed", text)
 

@@ -9,7 +9,10 @@
 - Speed: images/s of ``write_set`` (generation + writing image, dots, labels, mask) for the
   ``vgg_cells`` and ``bbbc005`` presets, with all cores; the ``synth-speed`` section of RESULTS.md.
 
-    python benchmarks/synth.py
+The figures of both sections are kept in ``benchmarks/synth/records.json``.
+
+    python benchmarks/synth.py            # measure, draw the figure, write the sections
+    python benchmarks/synth.py --report   # the sections from the records
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from scipy.spatial import cKDTree
 
 from celltally.data import default_data_root, load_dataset
 from celltally.data.images import read_image
+from celltally.data.splits import protocol_split
 from celltally.data.synth import generate, preset, write_set
-from results import write_section
+from results import read_records, save_records, write_section
 
 FIGURE = Path(__file__).parent / "synth_vs_vgg.png"
 TARGETS = {"vgg_cells": 20.0, "bbbc005": 5.0}  # images/s, from issue 3
@@ -85,11 +89,16 @@ def figure(data: Path, n: int = 200) -> None:
     fig.savefig(FIGURE, dpi=80)
 
 
-def statistics(data: Path, n: int = 100) -> str:
-    """Real VGG cells 101-200 against ``n`` generated images, blue channel, grey levels."""
-    real = [s.load() for s in load_dataset(data, "vgg_cells")[100 : 100 + n]]
+def statistics(data: Path, n: int = 100) -> dict[str, dict]:
+    """Real VGG cells 101-200 (the test set) against ``n`` generated images, blue channel, grey
+    levels."""
+    test = protocol_split(load_dataset(data, "vgg_cells"), "vgg_cells", 0, 0).test[:n]
+    real = [s.load() for s in test]
     synth = [(g.image.astype(np.float32), g.points) for g in _generated(n)]
-    rows = [_image_statistics(real), _image_statistics(synth)]
+    return {"real": _image_statistics(real), "generated": _image_statistics(synth)}
+
+
+def statistics_report(rows: dict[str, dict]) -> str:
     lines = [
         "### Synthetic `vgg_cells` preset against real VGG cells: the fitted statistics",
         "",
@@ -104,7 +113,7 @@ def statistics(data: Path, n: int = 100) -> str:
         " | background texture (0.7-3 px) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, r in zip(("real", "generated"), rows, strict=True):
+    for label, r in rows.items():
         lines.append(
             f"| {label} | {r['cells']} | {r['nn10']:.1f} / {r['nn50']:.1f} | {r['close']:.0%}"
             f" | {r['c10']:.0f} / {r['c50']:.0f} / {r['c90']:.0f} | {r['pair']:.0f}"
@@ -139,8 +148,7 @@ def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, f
         texture.append(band[far].std())
     nearest, single = np.concatenate(nearest), np.concatenate(single)
     slope, intercept = np.polyfit(counts, background, 1)
-    return {
-        "cells": f"{np.mean(counts):.0f} +- {np.std(counts):.0f}",
+    figures = {
         "nn10": np.percentile(nearest, 10),
         "nn50": np.median(nearest),
         "close": (nearest < 6).mean(),
@@ -153,6 +161,8 @@ def _image_statistics(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, f
         "b": slope,
         "texture": np.mean(texture),
     }
+    cells = f"{np.mean(counts):.0f} +- {np.std(counts):.0f}"
+    return {"cells": cells, **{name: float(value) for name, value in figures.items()}}
 
 
 RINGS = np.round(np.hypot(*np.mgrid[-8:9, -8:9])).astype(int)  # ring index 0..11 of each pixel
@@ -174,7 +184,18 @@ def _half_maximum_radius(profiles: np.ndarray) -> float:
     return float(np.interp(0.5, mean[::-1], np.arange(len(mean))[::-1]))
 
 
-def speed(n: int, workers: int) -> str:
+def speed(n: int, workers: int) -> dict:
+    """Images/s of ``write_set`` for each preset of ``TARGETS``."""
+    rates = {}
+    for name in TARGETS:
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            list(write_set(preset(name), n, out, seed=0, workers=workers))
+            rates[name] = n / (time.perf_counter() - started)
+    return {"images": n, "workers": workers, "rates": rates}
+
+
+def speed_report(images: int, workers: int, rates: dict[str, float]) -> str:
     lines = [
         "### Synthetic generator speed",
         "",
@@ -186,14 +207,11 @@ def speed(n: int, workers: int) -> str:
         "| preset | image size | images | images/s | target |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, target in TARGETS.items():
+    for name, rate in rates.items():
         config = preset(name)
-        with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
-            list(write_set(config, n, out, seed=0, workers=workers))
-            rate = n / (time.perf_counter() - started)
         lines.append(
-            f"| {name} | {config.width}x{config.height} | {n} | {rate:.1f} | >= {target:g} |"
+            f"| {name} | {config.width}x{config.height} | {images} | {rate:.1f}"
+            f" | >= {TARGETS[name]:g} |"
         )
     lines += ["", f"Comparison figure: `benchmarks/{FIGURE.name}`.", ""]
     return "\n".join(lines)
@@ -206,14 +224,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_root() / "vgg_cells")
     parser.add_argument("--n", type=int, default=200, help="images per preset for the speed test")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
     args = parser.parse_args()
-    figure(args.data)
-    text = statistics(args.data)
-    write_section("synth-statistics", text)
-    print(text)
-    text = speed(args.n, args.workers)
-    write_section("synth-speed", text)
-    print(text)
+    if not args.report:
+        figure(args.data)
+        records = {"statistics": statistics(args.data), "speed": speed(args.n, args.workers)}
+        save_records("synth", records)
+    records = read_records("synth")
+    for key, text in [
+        ("synth-statistics", statistics_report(records["statistics"])),
+        ("synth-speed", speed_report(**records["speed"])),
+    ]:
+        write_section(key, text)
+        print(text)
 
 
 if __name__ == "__main__":
