@@ -5,9 +5,11 @@ set, 101-200: test MAE before and after, the fitted gain and offset, and the slo
 intercept of the uncalibrated counts against the true counts (the bias the calibration
 corrects). Models: the bundled FCRN-A (its split is in its config), and any training run given
 with ``--run`` (a folder with ``model/`` and ``split.json``, as ``celltally train`` writes).
-Records (``benchmarks/count_calibration``, committed) keep the figures of runs that are gone.
+Records (``benchmarks/count_calibration``, committed) keep the figures of runs that are gone;
+a model with a record is not measured again.
 
     python benchmarks/count_calibration.py                       # the bundled FCRN-A
+    python benchmarks/count_calibration.py --report              # the section from the records
     python benchmarks/count_calibration.py --run RUN --name NAME  # and a training run
 """
 
@@ -22,22 +24,25 @@ import torch
 
 from celltally import load_model
 from celltally.data import default_data_root, load_dataset
+from celltally.data.splits import evaluation_samples
 from celltally.uncertainty import calibrate
 from results import write_section
 
 OUT = Path(__file__).with_name("count_calibration")
 BUNDLED = "fcrn_a_vgg_cells"
-TEST = [f"{index:03d}" for index in range(101, 201)]
 
 
 def measure(model_path: Path | str, split: dict) -> dict:
-    """Calibrate a model's counts on its validation images; count the test images both ways."""
+    """Calibrate a model's counts on its validation images; count the test images (VGG cells'
+    fixed test set) both ways."""
     model = load_model(model_path)
-    samples = {s.name: s for s in load_dataset(default_data_root() / "vgg_cells", "vgg_cells")}
-    images, points = zip(*(samples[name].load() for name in TEST), strict=True)
+    samples = load_dataset(default_data_root() / "vgg_cells", "vgg_cells")
+    test = evaluation_samples(samples, "vgg_cells", "test", {"protocol": "lempitsky"})
+    images, points = zip(*(sample.load() for sample in test), strict=True)
     true = np.array([len(p) for p in points], float)
     before = np.array([model.count(image) for image in images])
-    calibrate(model, [samples[name] for name in split["val"]], counts=True)
+    by_name = {sample.name: sample for sample in samples}
+    calibrate(model, [by_name[name] for name in split["val"]], counts=True)
     after = np.array([model.count(image) for image in images])
     slope, intercept = np.polyfit(true, before, 1)
     return {
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a training run folder (model/, split.json)")
     parser.add_argument("--name", help="the run's name in the table")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.run is not None and not args.name:
@@ -97,7 +103,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     for name, (model_path, split) in models.items():
         path = OUT / f"{name}.json"
-        if not path.exists():
+        if not path.exists() and not args.report:
             path.write_text(json.dumps(measure(model_path, split), indent=2))
     text = report()
     write_section("count-calibration", text)

@@ -25,6 +25,7 @@ committed) is trained again from its record: same split, settings and seed. Writ
 ``uncertainty`` section of benchmarks/RESULTS.md.
 
     python benchmarks/uncertainty.py [--part fpn|vgg|mbm|mbm_half]
+    python benchmarks/uncertainty.py --report     # the section from the records
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ from celltally.data.splits import Split
 from celltally.data.synth import preset, synth_samples
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train, with_variance_head
-from celltally.uncertainty import calibrate, gaussian_temperature, reliability
+from celltally.uncertainty import (
+    calibrate,
+    calibration_scores,
+    gaussian_temperature,
+    reliability,
+)
 from results import COUNTCEPTION_OUT, TABLES_OUT, write_section
 
 OUT = Path(__file__).with_name("uncertainty")
@@ -203,23 +209,34 @@ def pooled_coverage(results: list[tuple[str, str, dict]]) -> list[str]:
     return lines
 
 
+def test_scores(r: dict) -> np.ndarray | None:
+    """The test images' scores |count - true| / sigma (records written before 2026-12-02 lack
+    the per-image rows: ``None``)."""
+    if "images" not in r:
+        return None
+    rows = r["images"]
+    return np.array(
+        calibration_scores(
+            [w["count"] for w in rows], [w["sigma"] for w in rows], [w["true"] for w in rows]
+        )
+    )
+
+
 def temperature_coverage(r: dict) -> str:
     """The 95% coverage the test images would have with a Gaussian temperature fitted to the
     same calibration scores in place of the conformal quantile."""
-    if "images" not in r:
+    scores = test_scores(r)
+    if scores is None:
         return "—"
-    half = gaussian_temperature(r["conformal_scores"], LEVEL)
-    covered = [abs(row["count"] - row["true"]) <= half * row["sigma"] for row in r["images"]]
-    return f"{np.mean(covered):.1%}"
+    return f"{np.mean(scores <= gaussian_temperature(r['conformal_scores'], LEVEL)):.1%}"
 
 
 def score_spread(r: dict) -> str:
-    """Median and 90th percentile of the calibration scores, then of the test images' scores
-    (records written before 2026-12-02 lack the per-image rows: "—")."""
-    if "images" not in r:
+    """Median and 90th percentile of the calibration scores, then of the test images' scores."""
+    scores = test_scores(r)
+    if scores is None:
         return "—"
-    test = [abs(row["count"] - row["true"]) / max(row["sigma"], 1e-12) for row in r["images"]]
-    calibration, test = (np.quantile(s, [0.5, 0.9]) for s in (r["conformal_scores"], test))
+    calibration, test = (np.quantile(s, [0.5, 0.9]) for s in (r["conformal_scores"], scores))
     return f"{calibration[0]:.2f}, {calibration[1]:.2f} / {test[0]:.2f}, {test[1]:.2f}"
 
 
@@ -300,14 +317,16 @@ def main() -> None:
     parser.add_argument("--n-calib", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draw", type=int, default=0, help="fpn: the draw (simulation seed)")
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    for part in args.part or ["vgg", "mbm", "fpn"]:
+    for part in [] if args.report else args.part or ["vgg", "mbm", "fpn"]:
         run_fpn(args) if part == "fpn" else run_table(part)
-        text = report()
-        write_section("uncertainty", text)
-        print(text)
+        write_section("uncertainty", report())
+    text = report()
+    write_section("uncertainty", text)
+    print(text)
 
 
 if __name__ == "__main__":
