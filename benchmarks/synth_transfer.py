@@ -10,10 +10,12 @@
    ones; still validated on the 8 real validation images only.
 
 Every model is also tested with test-time augmentation (``--tta``: the mean output over the
-8 flips and quarter turns of each image). Runs resume from --runs. Writes the
-``synth-transfer`` section of benchmarks/RESULTS.md.
+8 flips and quarter turns of each image). Each model's figures are a record in
+``benchmarks/synth_transfer/`` (committed), its network in ``runs/`` there (not); finished
+models are not trained again. Writes the ``synth-transfer`` section of benchmarks/RESULTS.md.
 
-    python benchmarks/synth_transfer.py
+    python benchmarks/synth_transfer.py            # train what is missing, test, write
+    python benchmarks/synth_transfer.py --report   # the section from the records
 """
 
 from __future__ import annotations
@@ -27,47 +29,78 @@ import torch
 
 from celltally.data import default_data_root, load_dataset, protocol_split
 from celltally.data.synth import preset, synth_samples
-from celltally.models import load_model
+from celltally.io import read_json, write_json
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
 from results import write_section
 
+OUT = Path(__file__).with_name("synth_transfer")
 SYNTH_SETTINGS = {"epochs": 24, "lr_step": 10, "finetune_epochs": 2}
 FINETUNE_SETTINGS = {"epochs": 6, "lr": 1e-4, "lr_step": 3, "finetune_epochs": 2}
 # Mixed fine-tuning: each real training image repeated, plus simulated images of another seed
 # than the pre-training set's (seed 0).
 MIX = {"real_repeats": 4, "n_synth": 32, "synth_seed": 777}
+SYNTHETIC = "synthetic"  # the record of the model trained on simulated images only
 
 
-def measured(model, test, extra: dict) -> dict:
-    metrics = evaluate(model, test, radius=5.0)
+def tested(model, test: list, extra: dict) -> dict:
+    """The record of a trained model: test metrics without and with TTA, training figures."""
+    plain, tta = (evaluate(model, test, radius=5.0, tta=on) for on in (False, True))
     info = model.config.training
     return {
         **extra,
-        "count": metrics["count"],
-        "detection": metrics["detection"],
+        "count": plain["count"],
+        "detection": plain["detection"],
+        "tta": {"count": tta["count"], "detection": tta["detection"]},
         "train_time_s": info["train_time_s"],
         "epochs_run": info["epochs_run"],
         "best_val_mae": info["best_val_mae"],
     }
 
 
+def record(name: str, make) -> dict:
+    """The record ``name``, made (``make()``) and written first if it is missing."""
+    path = OUT / f"{name}.json"
+    if not path.exists():
+        write_json(path, make())
+    return read_json(path)
+
+
+def measure(args) -> None:
+    """Train and test every model whose record is missing."""
+    real = load_dataset(args.data, "vgg_cells")
+    test = protocol_split(real, "vgg_cells", 0, 0).test
+    synth_run = OUT / "runs" / SYNTHETIC
+
+    def synthetic_only() -> dict:
+        samples = synth_samples(preset("vgg_cells"), args.n_synth + args.n_synth_val, seed=0)
+        provenance = {"data": "synth:vgg_cells", "format": "synth", "seed": 0}
+        train_set, val_set = samples[: args.n_synth], samples[args.n_synth :]
+        model = train(TrainConfig(**SYNTH_SETTINGS), train_set, val_set, synth_run, provenance)
+        sizes = {"n_synth": args.n_synth, "n_synth_val": args.n_synth_val}
+        return tested(model, test, {"settings": SYNTH_SETTINGS, **sizes})
+
+    def fine_tuned(seed: int, mixed: bool, name: str) -> dict:
+        split = protocol_split(real, "vgg_cells", 8, 8, seed)
+        config = TrainConfig(seed=seed, init=str(synth_run / "model"), **FINETUNE_SETTINGS)
+        train_set = split.train
+        if mixed:
+            simulated = synth_samples(preset("vgg_cells"), MIX["n_synth"], seed=MIX["synth_seed"])
+            train_set = split.train * MIX["real_repeats"] + simulated
+        provenance = split.record(str(args.data), "vgg_cells", seed)
+        model = train(config, train_set, split.val, OUT / "runs" / name, provenance)
+        return tested(model, test, {"seed": seed, "settings": FINETUNE_SETTINGS})
+
+    record(SYNTHETIC, synthetic_only)
+    for mixed in (False, True):
+        for seed in range(args.draws):
+            name = f"finetune8{'_mixed' if mixed else ''}_seed{seed}"
+            record(name, lambda seed=seed, mixed=mixed, name=name: fine_tuned(seed, mixed, name))
+
+
 def mean_std(results: list[dict], tta: bool = False) -> str:
     mae = np.array([(r["tta"] if tta else r)["count"]["mae"] for r in results])
     return f"{mae.mean():.2f} +- {mae.std(ddof=1) if len(mae) > 1 else 0:.2f}"
-
-
-def cached(path: Path, compute, test: list) -> dict:
-    """The result in ``path``, else computed; with the test metrics of the model (saved in the
-    run folder of the same name) under test-time augmentation added if missing."""
-    result = json.loads(path.read_text()) if path.exists() else compute()
-    if "tta" not in result:
-        model = load_model(path.with_suffix(""))
-        model.config.tta = True
-        metrics = evaluate(model, test, radius=5.0)
-        result["tta"] = {"count": metrics["count"], "detection": metrics["detection"]}
-    path.write_text(json.dumps(result, indent=2))
-    return result
 
 
 def row(label: str, r: dict) -> str:
@@ -79,66 +112,19 @@ def row(label: str, r: dict) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n-synth", type=int, default=160)
-    parser.add_argument("--n-synth-val", type=int, default=40)
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=default_data_root() / "vgg_cells")
-    parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs"))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.runs.mkdir(parents=True, exist_ok=True)
-    real = load_dataset(args.data, "vgg_cells")
-    test = real[100:]
-
-    synth_run = args.runs / f"synth_vgg_{args.n_synth}"
-
-    def synthetic_only() -> dict:
-        samples = synth_samples(preset("vgg_cells"), args.n_synth + args.n_synth_val, seed=0)
-        config = TrainConfig(**SYNTH_SETTINGS)
-        provenance = {"data": "synth:vgg_cells", "format": "synth", "seed": 0}
-        model = train(
-            config, samples[: args.n_synth], samples[args.n_synth :], synth_run, provenance
-        )
-        return measured(model, test, {"settings": SYNTH_SETTINGS})
-
-    synthetic = cached(args.runs / f"synth_vgg_{args.n_synth}.json", synthetic_only, test)
-
-    def fine_tuned(seed: int, mixed: bool, out: Path) -> dict:
-        split = protocol_split(real, "vgg_cells", 8, 8, seed)
-        config = TrainConfig(seed=seed, init=str(synth_run / "model"), **FINETUNE_SETTINGS)
-        train_set = split.train
-        if mixed:
-            simulated = synth_samples(preset("vgg_cells"), MIX["n_synth"], seed=MIX["synth_seed"])
-            train_set = split.train * MIX["real_repeats"] + simulated
-        model = train(
-            config, train_set, split.val, out, split.record(str(args.data), "vgg_cells", seed)
-        )
-        return measured(model, test, {"seed": seed, "settings": FINETUNE_SETTINGS})
-
-    def draws(mixed: bool) -> list[dict]:
-        name = f"synth_vgg_{args.n_synth}_finetune8{'_mixed' if mixed else ''}"
-        return [
-            cached(
-                args.runs / f"{name}_seed{s}.json",
-                lambda s=s: fine_tuned(s, mixed, args.runs / f"{name}_seed{s}"),
-                test,
-            )
-            for s in range(args.draws)
-        ]
-
-    tuned, mixed = draws(False), draws(True)
+def report() -> str:
+    synthetic = read_json(OUT / f"{SYNTHETIC}.json")
+    tuned = [read_json(p) for p in sorted(OUT.glob("finetune8_seed*.json"))]
+    mixed = [read_json(p) for p in sorted(OUT.glob("finetune8_mixed_seed*.json"))]
     lines = [
-        "### Synthetic-to-real transfer: FCRN-A trained on the `vgg_cells` preset, tested on real VGG cells 101-200",
+        "### Synthetic-to-real transfer: FCRN-A trained on the `vgg_cells` preset, tested on"
+        " real VGG cells 101-200",
         "",
         "Command: `python benchmarks/synth_transfer.py`",
         "",
-        f"Trained on {args.n_synth} simulated images (best epoch chosen on {args.n_synth_val} other simulated"
-        f" images; settings {json.dumps(SYNTH_SETTINGS)}), never on a real image. Then fine-tuned from"
+        f"Trained on {synthetic['n_synth']} simulated images (best epoch chosen on"
+        f" {synthetic['n_synth_val']} other simulated images; settings"
+        f" {json.dumps(SYNTH_SETTINGS)}), never on a real image. Then fine-tuned from"
         f" that model on N = 8 real training + 8 validation images drawn from 001-100 (one draw per"
         f" seed; settings {json.dumps(FINETUNE_SETTINGS)}): on the 8 real images alone, or mixed"
         f" with simulated ones ({json.dumps(MIX)}: each real image {MIX['real_repeats']} times, half"
@@ -160,7 +146,24 @@ def main() -> None:
         " draws (target <= 3.0).",
         "",
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n-synth", type=int, default=160)
+    parser.add_argument("--n-synth-val", type=int, default=40)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=default_data_root() / "vgg_cells")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only rewrite from the records")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.report:
+        measure(args)
+    text = report()
     write_section("synth-transfer", text)
     print(text)
 
