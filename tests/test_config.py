@@ -59,3 +59,21 @@ def test_the_recipe_applies_however_the_config_is_built():
     assert TrainConfig(arch="countception", loss="mse").loss == "mse"  # what is given wins
     assert replace(direct, lr=0.1).loss == "l1"
     assert TrainConfig().loss == "mse"
+
+
+def test_a_training_config_holds_its_models_architecture_given_flat():
+    from dataclasses import fields, replace
+
+    from celltally.models import Architecture
+    from celltally.train import TrainConfig
+
+    config = TrainConfig.from_dict({"arch": "fcrn_b", "in_channels": 3, "epochs": 2})
+    assert config.model == Architecture(arch="fcrn_b", in_channels=3, batch_norm=True)
+    assert not {f.name for f in fields(TrainConfig)} & {f.name for f in fields(Architecture)}
+    assert TrainConfig.from_dict(config.to_dict()) == config  # the run's record reads back
+    assert replace(config, epochs=5).model == config.model
+    assert TrainConfig().model.batch_norm and not Architecture().batch_norm  # training's default
+    with pytest.raises(ValueError, match="in_channels must be 1 or 3"):
+        TrainConfig(in_channels=2)
+    with pytest.raises(ValueError, match="must be of type int"):
+        TrainConfig.from_dict({"in_channels": "three"})

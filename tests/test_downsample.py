@@ -9,7 +9,7 @@ from tests.conftest import data_set
 from celltally import create_model, load_model
 from celltally.data import load_dataset, protocol_split
 from celltally.data.images import downsample, to_grid_points, to_image_points, upsample
-from celltally.models.base import ModelConfig
+from celltally.models.config import ModelConfig
 from celltally.train import TrainConfig, train
 
 

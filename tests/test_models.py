@@ -5,7 +5,7 @@ from tests.conftest import textured
 
 from celltally import create_model, list_models
 from celltally.errors import InputError
-from celltally.models.base import ModelConfig
+from celltally.models.config import ModelConfig
 
 # Counted by hand from the layer list in models/fcrn.py (weights + biases, 3 input channels).
 FCRN_A_PARAMETERS = (

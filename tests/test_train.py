@@ -22,7 +22,7 @@ def untrained_val_mae(split, config) -> float:
     torch.manual_seed(config.seed)
     from celltally import create_model
 
-    model = create_model(config.arch)
+    model = create_model(config.model.arch)
     errors = [abs(model.count(s.load()[0]) - len(s.load()[1])) for s in split.val]
     return float(np.mean(errors))
 

@@ -18,7 +18,7 @@ import copy
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,7 @@ def _measure(config, method, split: Split, fmt, n, seed, root: Path, out: Path) 
         train_config = config.train_config(method, fmt, seed)
         run = out / "runs" / f"{method}_n{n}_seed{seed}"
         model = train(train_config, split.train, split.val, run, split.record(str(root), fmt, seed))
-        train_time, settings = model.config.training["train_time_s"], asdict(train_config)
+        train_time, settings = model.config.training["train_time_s"], train_config.to_dict()
         epochs_run = model.config.training["epochs_run"]  # fewer than asked: time_budget spent
         history = pd.read_csv(run / "history.csv").to_dict("records")  # validation MAE per epoch
     metrics = evaluate(model, split.test, config.radius)

@@ -2,7 +2,9 @@
 
 Every settings class (``TrainConfig``, ``SynthConfig``) is a dataclass with documented defaults;
 ``from_dict`` rejects unknown names and values of the wrong type with a message that says how to
-fix them, before anything runs.
+fix them, before anything runs. A field that is itself a settings dataclass (``TrainConfig.model``,
+an ``Architecture``) is given by its own settings, flat beside the others: the class's
+``__init__`` takes them so.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,18 +21,28 @@ from celltally.errors import InputError
 T = TypeVar("T")
 
 
+def settings_hints(cls: type) -> dict[str, Any]:
+    """The type of every setting of ``cls`` by name: its fields, a settings-dataclass field
+    replaced by that class's own settings."""
+    hints = typing.get_type_hints(cls)
+    flat: dict[str, Any] = {}
+    for name in (f.name for f in fields(cls)):
+        hint = hints[name]
+        flat |= settings_hints(hint) if is_dataclass(hint) else {name: hint}
+    return flat
+
+
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Build ``cls`` from ``values``, checking names and types against its annotations."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    if unknown := set(values) - names:
-        raise ValueError(f"unknown settings {sorted(unknown)}; valid: {sorted(names)}")
+    hints = settings_hints(cls)
+    if unknown := set(values) - set(hints):
+        raise ValueError(f"unknown settings {sorted(unknown)}; valid: {sorted(hints)}")
     return cls(**{name: _coerce(name, value, hints[name]) for name, value in values.items()})
 
 
 def parse_assignments(cls: type, assignments: list[str]) -> dict[str, Any]:
     """Read ``NAME=VALUE`` options; values are JSON (numbers, lists, null) or bare words."""
-    names = {f.name for f in fields(cls)}
+    names = set(settings_hints(cls))
     values: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")

@@ -1,7 +1,8 @@
 """Counting models: one file per method, a registry, and checkpoint loading."""
 
 from celltally.models import countception, fcrn, fpn_vgg11  # noqa: F401  (register them)
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel
+from celltally.models.config import Architecture, ModelConfig
 from celltally.models.io import (
     DEFAULT_MODEL,
     bundled_models,
@@ -15,6 +16,7 @@ from celltally.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Architecture",
     "CountingModel",
     "ModelConfig",
     "bundled_models",

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
+from celltally.models.base import CountingModel, map_and_variance, variance_head
+from celltally.models.config import ModelConfig
 from celltally.models.registry import register_model
 from celltally.targets import WINDOW, count_map, window_sums, window_sums_adjoint
 

@@ -22,7 +22,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from celltally.models.base import CountingModel, ModelConfig, map_and_variance, variance_head
+from celltally.models.base import CountingModel, map_and_variance, variance_head
+from celltally.models.config import ModelConfig
 from celltally.models.registry import register_model
 
 

@@ -33,7 +33,8 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from celltally.losses import gaussian_nll, total_variation
-from celltally.models.base import CountingModel, ModelConfig, averaging_batch_norm
+from celltally.models.base import CountingModel, averaging_batch_norm
+from celltally.models.config import ModelConfig
 from celltally.models.phases import TrainingPhase
 from celltally.models.registry import register_model
 
@@ -178,16 +179,11 @@ class FPNVGG11(CountingModel):
         )
 
     def training_loss(
-        self,
-        phase: TrainingPhase,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        loss: str,
-        stride: int,
+        self, phase: TrainingPhase, inputs: torch.Tensor, targets: torch.Tensor, loss: str
     ) -> torch.Tensor:
         """The segmenter's ``segmentation_loss`` on image patches and their masks, or the
         counter's ``count_loss`` on predicted masks ``(B, 1, H, W)`` and their counts (its own
-        losses, whatever ``loss`` and ``stride`` say)."""
+        losses, whatever ``loss`` says)."""
         if phase.batches == "own_masks":
             return count_loss(self.counter(_padded_to_cells(inputs)), targets)
         return segmentation_loss(self.segment(inputs), targets)

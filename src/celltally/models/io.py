@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from celltally.errors import InputError
 from celltally.io import read_json
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel
+from celltally.models.config import ModelConfig
 from celltally.models.registry import build_model
 
 CONFIG_FILE = "config.json"

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from celltally.models.base import CountingModel, ModelConfig
+from celltally.models.base import CountingModel
+from celltally.models.config import ModelConfig
 
 _ARCHITECTURES: dict[str, type[CountingModel]] = {}
 

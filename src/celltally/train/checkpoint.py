@@ -50,9 +50,9 @@ def resume_state(
     if not state_file.exists():
         return TrainState()
     saved = read_config(out / "last")
-    if saved.arch != config.arch:
+    if saved.arch != config.model.arch:
         raise ValueError(
-            f"{out} holds a {saved.arch} run; use another --out to train {config.arch}"
+            f"{out} holds a {saved.arch} run; use another --out to train {config.model.arch}"
         )
     payload = torch.load(state_file, weights_only=False)
     model.load_state_dict(load_file(out / "last" / WEIGHTS_FILE))

@@ -1,10 +1,11 @@
-"""Settings of a training run: ``TrainConfig``, validated, on top of an architecture's recipe."""
+"""Settings of a training run: ``TrainConfig``, validated, on top of an architecture's recipe;
+it holds the ``Architecture`` of the model it trains."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,16 @@ from celltally.config import from_dict as config_from_dict
 from celltally.config import parse_assignments, read_settings_file
 from celltally.losses import LOSSES
 from celltally.metrics import DETECTION_RADIUS
+from celltally.models.config import Architecture
 from celltally.models.registry import architecture
-from celltally.targets import DEFAULT_SCALE, DEFAULT_SIGMA
+
+ARCHITECTURE = tuple(f.name for f in fields(Architecture))  # the model's settings
+
+
+def training_architecture(**settings: Any) -> Architecture:
+    """The network a training run builds: ``settings`` over training's defaults (BatchNorm
+    on)."""
+    return Architecture(**{"batch_norm": True, **settings})
 
 
 @dataclass
@@ -31,23 +40,20 @@ class TrainConfig:
     normalisation).
 
     Attributes:
-        arch: registry name of the model (``fcrn_a``, ``fcrn_b``, ``countception``).
-        in_channels: 1 for fluorescence (colours averaged), 3 for colour histology.
-        batch_norm: BatchNorm after each convolution (not in the FCRN paper).
-        frozen_bn: BatchNorm keeps its initial statistics: an affine layer (see ``ModelConfig``).
-        sigma, scale: the density target (Gaussian width in pixels, multiplier).
+        model: the network to train: an ``Architecture`` (``celltally.models``: ``arch``,
+            ``in_channels``, ``batch_norm``, ``frozen_bn``, ``window_stride``, ``downsample``,
+            ``variance_head``, ``sigma``, ``scale``; documented there), whose settings are given
+            flat like every other one: ``TrainConfig(arch="fcrn_b", in_channels=3)``, ``--set
+            batch_norm=false``, a settings file. Training's default turns BatchNorm on (not in
+            the FCRN paper). With ``variance_head``, after training a head is fitted on the
+            training images (``fit_variance_head``; ``fpn_vgg11`` learns its own) and its
+            intervals calibrated on the validation images (``celltally.uncertainty``); with
+            ``downsample``, the training patches are taken from the reduced images.
         loss: ``mse`` or ``l1`` between the output and the target map.
-        variance_head: also predict each pixel's log-variance: after training, a head fitted
-            on the training images (``fit_variance_head``; ``fpn_vgg11`` learns its own), whose
-            intervals are calibrated on the validation images (``celltally.uncertainty``).
         counter_crop: ``fpn_vgg11``: train the counter on random ``counter_crop`` x
             ``counter_crop`` crops of the frozen segmenter's masks (each counting the dots
             inside it) instead of whole masks: as many times cheaper per image as the crop is
             smaller. ``None``: whole masks.
-        window_stride: Count-ception: train on (and read) every ``window_stride``-th pixel of the
-            count map (1, 2, 4, 8, 16 or 32).
-        downsample: the network sees the images reduced this many times, in training and at
-            inference (see ``ModelConfig.downsample``: for cells too large for its view).
         patch_size: side of the square training input patches, in pixels (of the padded image,
             ``downsample``d).
         per_patch_norm: normalise each patch by its own mean and std (the paper); if false,
@@ -91,16 +97,8 @@ class TrainConfig:
             have the same ``arch``, ``in_channels`` and ``batch_norm``.
     """
 
-    arch: str = "fcrn_a"
-    in_channels: int = 1
-    batch_norm: bool = True
-    frozen_bn: bool = False
-    sigma: float = DEFAULT_SIGMA
-    scale: float = DEFAULT_SCALE
+    model: Architecture = field(default_factory=training_architecture)
     loss: str = "mse"
-    variance_head: bool = False
-    window_stride: int = 1
-    downsample: int = 1
     counter_crop: int | None = None
     patch_size: int = 100
     per_patch_norm: bool = True
@@ -144,6 +142,11 @@ class TrainConfig:
         if self.epochs < 0 or self.finetune_epochs < 0 or self.epochs + self.finetune_epochs == 0:
             raise ValueError("need at least one epoch: set epochs and/or finetune_epochs")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, flat (the model's beside the others), as ``from_dict`` reads them."""
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        return {**asdict(self.model), **rest}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (JSON settings), checking names and types."""
@@ -160,12 +163,16 @@ class TrainConfig:
 
 
 def _on_the_recipe(init: Callable[..., None]) -> Callable[..., None]:
-    """``TrainConfig.__init__`` on top of the architecture's ``recipe``: the settings given
-    replace the recipe's, which replace the defaults, however the config is built."""
+    """``TrainConfig.__init__`` taking the model's settings flat, on top of the architecture's
+    ``recipe``: the settings given replace the recipe's, which replace the defaults, however
+    the config is built."""
 
     @functools.wraps(init)
-    def merged(self, **given: Any) -> None:
-        init(self, **{**architecture(given.get("arch", TrainConfig.arch)).recipe, **given})
+    def merged(self, model: Architecture | None = None, **given: Any) -> None:
+        given = {**(asdict(model) if model is not None else {}), **given}
+        values = {**architecture(given.get("arch", Architecture.arch)).recipe, **given}
+        shape = {name: values.pop(name) for name in ARCHITECTURE if name in values}
+        init(self, model=training_architecture(**shape), **values)
 
     return merged
 

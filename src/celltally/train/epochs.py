@@ -121,9 +121,7 @@ class _Stepper:
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         config = self.config
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            loss = self.model.training_loss(
-                self.phase, inputs, targets, config.loss, config.window_stride
-            )
+            loss = self.model.training_loss(self.phase, inputs, targets, config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
         self.optimizer.step()

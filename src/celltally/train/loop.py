@@ -32,9 +32,10 @@ from celltally.data.datasets import Sample
 from celltally.data.images import downsample, to_channels, to_grid_points
 from celltally.io import write_json
 from celltally.metrics import count_metrics
-from celltally.models import CountingModel, create_model, load_model, save_model
+from celltally.models import CountingModel, ModelConfig, load_model, save_model
 from celltally.models.io import versions
 from celltally.models.phases import TrainingPhase
+from celltally.models.registry import build_model
 from celltally.predict import choose_peak_threshold
 from celltally.train.checkpoint import TrainState, resume_state, save_checkpoint
 from celltally.train.config import TrainConfig
@@ -73,8 +74,8 @@ def train(
     out = Path(out)
     torch.manual_seed(config.seed)
     model = _model(config, len(val_samples))
-    train_data = _load(train_samples, config.in_channels)
-    val_data = _load(val_samples, config.in_channels)
+    train_data = _load(train_samples, config.model.in_channels)
+    val_data = _load(val_samples, config.model.in_channels)
     rng = np.random.default_rng(config.seed)
     data = _epoch_data(model, config, train_samples, train_data, rng)
     optimizer = _optimizer(config, model)
@@ -114,24 +115,16 @@ def train(
 
 def _model(config: TrainConfig, n_val: int) -> CountingModel:
     """The model to train, checked against ``config`` (and started from ``config.init``)."""
-    model = create_model(
-        config.arch,
-        in_channels=config.in_channels,
-        batch_norm=config.batch_norm,
-        frozen_bn=config.frozen_bn,
-        variance_head=config.variance_head,
-        window_stride=config.window_stride,
-        downsample=config.downsample,
-        sigma=config.sigma,
-        scale=config.scale,
-    )
+    model = build_model(ModelConfig(**asdict(config.model)))
     if config.refit_readout and model.readout is None:
-        raise ValueError(f"{config.arch} has no linear readout to refit; set refit_readout=false")
+        raise ValueError(
+            f"{config.model.arch} has no linear readout to refit; set refit_readout=false"
+        )
     for phase in model.training_phases():
         field = _EPOCH_FIELDS[phase.name]
         if phase.required and getattr(config, field) == 0:
             raise ValueError(
-                f"{config.arch} trains in its {phase.name} phase ({phase.batches});"
+                f"{config.model.arch} trains in its {phase.name} phase ({phase.batches});"
                 f" set {field} >= 1"
             )
     if config.calibrate_counts and n_val < MIN_COUNT_CALIBRATION_IMAGES:
@@ -156,14 +149,16 @@ def _schedule(model: CountingModel, config: TrainConfig) -> list[TrainingPhase]:
 def _epoch_data(model, config: TrainConfig, samples, train_data, rng) -> EpochData:
     """The patch sampler over the training images on the network's grid (with their
     foreground masks where a phase trains on them), and the patch side."""
-    grid_images, grid_points = _on_grid(*train_data, config.downsample)
+    grid_images, grid_points = _on_grid(*train_data, config.model.downsample)
     smallest = min(min(im.shape[:2]) for im in grid_images) + 2 * model.pad
     patch = min(config.patch_size, smallest)
     if patch <= model.shrink:
-        raise ValueError(f"{config.arch} needs patch_size > {model.shrink}, got {patch}")
+        raise ValueError(f"{config.model.arch} needs patch_size > {model.shrink}, got {patch}")
     masks = None
     if any(phase.targets == "masks" for phase in model.training_phases()):
-        masks = [downsample(s.load_mask().astype(np.float32), config.downsample) for s in samples]
+        masks = [
+            downsample(s.load_mask().astype(np.float32), config.model.downsample) for s in samples
+        ]
     weights = [sample.weight for sample in samples]
     sampler = PatchSampler(
         grid_images, grid_points, model, rng, config.per_patch_norm, masks, weights
@@ -219,7 +214,7 @@ def _finish(out, config, train_data, val_data, state, provenance) -> CountingMod
         set_interval_calibration(model, outputs, [len(p) for p in val_points])
     model.config.training = {
         **provenance,
-        "settings": asdict(config),
+        "settings": config.to_dict(),
         "best_val_mae": state.best_mae,
         "epochs_run": state.epoch,
         "train_time_s": round(state.elapsed + time.perf_counter() - started, 1),
@@ -237,7 +232,7 @@ def _weight_average(model: CountingModel, optimizer, config: TrainConfig) -> Ave
         return None
     if any(phase.batches == "own_masks" for phase in model.training_phases()):
         # its parts are trained in turn, the counter's statistics recomputed after each epoch
-        raise ValueError(f"{config.arch} cannot average its weights; set ema_decay=0")
+        raise ValueError(f"{config.model.arch} cannot average its weights; set ema_decay=0")
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
     optimizer.register_step_post_hook(lambda *_: averaged.update_parameters(model))
     return averaged
@@ -254,7 +249,7 @@ def _candidate(
         return model
     candidate = copy.deepcopy(model if averaged is None else averaged.module)
     images, points = train_data[0][:REFIT_IMAGES], train_data[1][:REFIT_IMAGES]
-    if averaged is not None and config.batch_norm and not config.frozen_bn:
+    if averaged is not None and config.model.batch_norm and not config.model.frozen_bn:
         refit_batch_norm(candidate, images)
     if config.refit_readout:
         refit_readout(candidate, images, points)
