@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from celltally.data import default_data_root, load_dataset, protocol_split
+from celltally.io import write_json
 from celltally.models import load_model, save_model
 from celltally.predict import evaluate
 from celltally.train import TrainConfig, train
@@ -28,6 +29,12 @@ from results import read_records, save_records, write_section
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "celltally" / "weights"
 NAME = "fcrn_a_vgg_cells"
 RECORDS = "bundled_model"
+CARD = {
+    "purpose": "the FCRN paper's model: simulated fluorescence cells about 11 px across (VGG"
+    " cells); for reproducing its tables, not for other images",
+    "modality": "fluorescence (simulated)",
+    "training_data": {"vgg_cells 001-100 (80 train, 20 val)": "research use (VGG, Oxford)"},
+}
 
 
 def main() -> None:
@@ -95,13 +102,21 @@ def report(
 
 
 def ship(run: Path) -> None:
-    """Copy the tested model of ``run`` into the package as ``fcrn_a_vgg_cells``."""
+    """Copy the tested model of ``run`` into the package as ``fcrn_a_vgg_cells``, with its card
+    (what it is for, its training data and licence, its test figures)."""
     model = load_model(run)
     if "test_mae" not in model.config.training:
         raise SystemExit(f"{run} has not been tested; run this script without --ship first")
-    shutil.rmtree(PACKAGE_WEIGHTS / NAME, ignore_errors=True)
-    save_model(model, PACKAGE_WEIGHTS / NAME)
-    print(f"shipped {PACKAGE_WEIGHTS / NAME}")
+    folder = PACKAGE_WEIGHTS / NAME
+    shutil.rmtree(folder, ignore_errors=True)
+    save_model(model, folder)
+    tested = model.config.training
+    card = CARD | {
+        "test": f"VGG cells 101-200: MAE {tested['test_mae']:.2f},"
+        f" F1 {tested['test_detection_f1']:.3f}"
+    }
+    write_json(folder / "card.json", card)
+    print(f"shipped {folder}")
 
 
 if __name__ == "__main__":
