@@ -66,10 +66,6 @@ class Architecture:
                 f" {self.downsample}"
             )
 
-    def architecture(self) -> Architecture:
-        """These settings alone (of a ``ModelConfig``: without what was fitted)."""
-        return Architecture(**{f.name: getattr(self, f.name) for f in fields(Architecture)})
-
 
 @dataclass
 class ModelConfig(Architecture):
@@ -190,7 +186,7 @@ class ModelConfig(Architecture):
 
 # config.json's sections (see ``ModelConfig.to_sections``); ``training`` is the provenance.
 SECTIONS = {
-    "architecture": tuple(f.name for f in fields(Architecture)),
+    "architecture": tuple(f.name for f in fields(Architecture)),  # what the network is built from
     "fitted": (
         "conformal_scores", "log_variance_range", "count_gain", "count_offset", "peak_threshold",
         "min_distance", "diameter", "diameter_range", "auto_diameter", "pick_channel",

@@ -15,10 +15,8 @@ from celltally.config import from_dict as config_from_dict
 from celltally.config import parse_assignments, read_settings_file
 from celltally.losses import LOSSES
 from celltally.metrics import DETECTION_RADIUS
-from celltally.models.config import Architecture
+from celltally.models.config import SECTIONS, Architecture
 from celltally.models.registry import architecture
-
-ARCHITECTURE = tuple(f.name for f in fields(Architecture))  # the model's settings
 
 
 def training_architecture(**settings: Any) -> Architecture:
@@ -171,7 +169,7 @@ def _on_the_recipe(init: Callable[..., None]) -> Callable[..., None]:
     def merged(self, model: Architecture | None = None, **given: Any) -> None:
         given = {**(asdict(model) if model is not None else {}), **given}
         values = {**architecture(given.get("arch", Architecture.arch)).recipe, **given}
-        shape = {name: values.pop(name) for name in ARCHITECTURE if name in values}
+        shape = {name: values.pop(name) for name in SECTIONS["architecture"] if name in values}
         init(self, model=training_architecture(**shape), **values)
 
     return merged
